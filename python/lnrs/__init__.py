@@ -1,0 +1,35 @@
+"""lnrs: layer normalisation for NumPy, with Rust SIMD kernels.
+
+Functions
+---------
+layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None)
+layer_norm_forward(...) -> (y, mean, rstd)
+set_num_threads(n), get_num_threads(), simd_level()
+
+Classes
+-------
+LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32)
+
+Environment
+-----------
+LNRS_NUM_THREADS  threads for large inputs (default: the number of cores)
+LNRS_SIMD         force a lower SIMD level: scalar, avx2, avx512, neon
+"""
+
+from . import _config
+from ._config import get_num_threads, set_num_threads, simd_level
+from ._functional import layer_norm, layer_norm_forward
+from ._lnrs import __version__
+from ._module import LayerNorm
+
+_config.from_environment()
+
+__all__ = [
+    "LayerNorm",
+    "__version__",
+    "get_num_threads",
+    "layer_norm",
+    "layer_norm_forward",
+    "set_num_threads",
+    "simd_level",
+]

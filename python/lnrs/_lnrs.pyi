@@ -1,0 +1,20 @@
+"""The native module: kernels behind the public API. Arguments arrive checked."""
+
+import numpy as np
+
+__version__: str
+
+def layer_norm_forward(
+    x: np.ndarray | None,
+    out: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    mean: np.ndarray | None = None,
+    rstd: np.ndarray | None = None,
+) -> None: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def simd_level() -> str: ...
+def set_simd_level(name: str) -> None: ...
+def supported_simd_levels() -> list[str]: ...

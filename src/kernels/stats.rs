@@ -1,0 +1,304 @@
+//! Row statistics: the shifted, corrected two-pass mean and variance.
+//!
+//! Pass 1 sums `x - x[0]` for a first mean `m0`; pass 2 sums `d = x - m0` and
+//! `d²`, whose first sum corrects `m0` to the exact mean (`mean = m0 + c`, kept
+//! as an unevaluated pair so that `x - mean` is formed as `(x - m0) - c`) and
+//! whose second gives the variance without the cancellation of `E[x²] − E[x]²`.
+//! Narrow storage types accumulate in f64 lanes, where each difference is exact.
+//! f64 storage adds in blocks whose partial sums are folded with TwoSum, and
+//! rescales by a power of two when squares would overflow or underflow.
+
+use super::element::Element;
+
+/// Independent accumulators per sum: four AVX-512 or eight AVX2 f64 registers,
+/// enough to hide the add latency. Fixed for every SIMD level so that all
+/// levels add in the same order.
+pub const LANES: usize = 32;
+
+/// Rows of f64 storage are summed in blocks of this many lane steps before a
+/// block's partial sums are folded into the compensated totals.
+const BLOCK_STEPS: usize = 16;
+
+pub type Lanes = [f64; LANES];
+
+/// The statistics of one row in the form the normalise pass wants.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowStats {
+    /// `x·scale − shift − corr` is the centred value, in scaled units.
+    pub shift: f64,
+    pub corr: f64,
+    /// `1/sqrt(var + eps)` in scaled units (`rstd / scale`).
+    pub rstd_scaled: f64,
+    /// A power of two; 1 unless the row's magnitude forced a rescale.
+    pub scale: f64,
+    /// `mean` and `rstd` of the unscaled row.
+    pub mean: f64,
+    pub rstd: f64,
+}
+
+impl RowStats {
+    /// The statistics of an empty row: NaN, as `0/0`.
+    pub fn empty() -> Self {
+        RowStats {
+            shift: f64::NAN,
+            corr: f64::NAN,
+            rstd_scaled: f64::NAN,
+            scale: 1.0,
+            mean: f64::NAN,
+            rstd: f64::NAN,
+        }
+    }
+}
+
+/// Add the lanes pairwise, in the same fixed tree on every level.
+#[inline(always)]
+pub fn reduce(mut a: Lanes) -> f64 {
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            a[j] += a[j + w];
+        }
+    }
+    a[0]
+}
+
+/// `(s, e)` with `s = fl(a + b)` and `a + b = s + e` exactly (Knuth's TwoSum).
+#[inline(always)]
+pub fn two_sum(a: f64, b: f64) -> (f64, f64) {
+    let s = a + b;
+    let bb = s - a;
+    (s, (a - (s - bb)) + (b - bb))
+}
+
+/// A lane-wise compensated total: `hi + lo` carries about twice f64's precision.
+#[derive(Clone, Copy)]
+pub struct Compensated {
+    hi: Lanes,
+    lo: Lanes,
+}
+
+impl Compensated {
+    #[inline(always)]
+    pub fn new() -> Self {
+        Compensated { hi: [0.0; LANES], lo: [0.0; LANES] }
+    }
+
+    #[inline(always)]
+    pub fn add(&mut self, block: &Lanes) {
+        for j in 0..LANES {
+            let (s, e) = two_sum(self.hi[j], block[j]);
+            self.hi[j] = s;
+            self.lo[j] += e;
+        }
+    }
+
+    /// The total, rounded once.
+    #[inline(always)]
+    pub fn total(&self) -> f64 {
+        let (mut hi, mut lo) = (0.0, 0.0);
+        for j in 0..LANES {
+            let (s, e) = two_sum(hi, self.hi[j]);
+            hi = s;
+            lo += e + self.lo[j];
+        }
+        hi + lo
+    }
+}
+
+/// Σ (x·scale − k), plain f64 lanes: only a first estimate of the mean.
+#[inline(always)]
+fn shifted_sum<T: Element, const SCALED: bool>(x: &[T], scale: f64, k: f64) -> f64 {
+    let mut acc = [0.0; LANES];
+    let load = |v: T| if SCALED { v.to_f64() * scale } else { v.to_f64() };
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            acc[j] += load(c[j]) - k;
+        }
+    }
+    for (j, &v) in rem.iter().enumerate() {
+        acc[j] += load(v) - k;
+    }
+    reduce(acc)
+}
+
+/// (Σd, Σd²) with d = x·scale − m.
+#[inline(always)]
+fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> (f64, f64) {
+    let load = |v: T| if SCALED { v.to_f64() * scale } else { v.to_f64() };
+    let step = |s1: &mut Lanes, s2: &mut Lanes, c: &[T]| {
+        for j in 0..c.len().min(LANES) {
+            let d = load(c[j]) - m;
+            s1[j] += d;
+            s2[j] += d * d;
+        }
+    };
+    if T::WIDE {
+        let (mut s1, mut s2) = ([0.0; LANES], [0.0; LANES]);
+        let chunks = x.chunks_exact(LANES);
+        let rem = chunks.remainder();
+        for c in chunks {
+            step(&mut s1, &mut s2, c);
+        }
+        step(&mut s1, &mut s2, rem);
+        (reduce(s1), reduce(s2))
+    } else {
+        let (mut t1, mut t2) = (Compensated::new(), Compensated::new());
+        for block in x.chunks(LANES * BLOCK_STEPS) {
+            let (mut s1, mut s2) = ([0.0; LANES], [0.0; LANES]);
+            let chunks = block.chunks_exact(LANES);
+            let rem = chunks.remainder();
+            for c in chunks {
+                step(&mut s1, &mut s2, c);
+            }
+            step(&mut s1, &mut s2, rem);
+            t1.add(&s1);
+            t2.add(&s2);
+        }
+        (t1.total(), t2.total())
+    }
+}
+
+#[inline(always)]
+fn two_pass<T: Element, const SCALED: bool>(x: &[T], scale: f64) -> (f64, f64, f64) {
+    let n = x.len() as f64;
+    let k = if SCALED { x[0].to_f64() * scale } else { x[0].to_f64() };
+    let m0 = k + shifted_sum::<T, SCALED>(x, scale, k) / n;
+    let (s1, s2) = centred_sums::<T, SCALED>(x, scale, m0);
+    let corr = s1 / n;
+    // Σ(d − c)² = Σd² − n·c²; c is tiny next to the spread, so no cancellation.
+    let var = (s2 / n - corr * corr).max(0.0);
+    (m0, corr, var)
+}
+
+/// Squares of f64 values below this would lose bits to underflow.
+const TINY_SQUARES: f64 = 1.0e-280;
+
+/// The statistics of one non-empty row for `eps ≥ 0`.
+#[inline(always)]
+pub fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
+    if x.is_empty() {
+        return RowStats::empty();
+    }
+    let (m0, corr, var) = two_pass::<T, false>(x, 1.0);
+    let needs_rescale = !T::WIDE
+        && (!var.is_finite() || !m0.is_finite() || (var < TINY_SQUARES && eps < TINY_SQUARES));
+    if needs_rescale {
+        if let Some(stats) = rescaled_stats(x, eps) {
+            return stats;
+        }
+    }
+    let rstd = 1.0 / (var + eps).sqrt();
+    RowStats { shift: m0, corr, rstd_scaled: rstd, scale: 1.0, mean: m0 + corr, rstd }
+}
+
+/// Statistics of an f64 row whose squares overflow or underflow: rerun the two
+/// passes on `x·2^-e` with `2^e` near the largest magnitude. `None` when the row
+/// holds a NaN or infinity (the unscaled result then propagates it) or is all zero.
+#[cold]
+#[inline(never)]
+fn rescaled_stats<T: Element>(x: &[T], eps: f64) -> Option<RowStats> {
+    let mut amax = 0.0f64;
+    for &v in x {
+        let a = v.to_f64().abs();
+        if !a.is_finite() {
+            return None;
+        }
+        amax = amax.max(a);
+    }
+    if amax == 0.0 {
+        return None;
+    }
+    let scale = pow2(-exponent(amax));
+    let (m0, corr, var) = two_pass::<T, true>(x, scale);
+    let eps_scaled = eps * scale * scale;
+    let rstd_scaled = 1.0 / (var + eps_scaled).sqrt();
+    let rstd = if eps_scaled.is_finite() {
+        rstd_scaled * scale
+    } else {
+        // eps dwarfs a variance this small.
+        1.0 / eps.sqrt()
+    };
+    let rstd_scaled = if eps_scaled.is_finite() { rstd_scaled } else { rstd / scale };
+    Some(RowStats { shift: m0, corr, rstd_scaled, scale, mean: (m0 + corr) / scale, rstd })
+}
+
+/// The binary exponent of a positive finite value (of its leading bit).
+fn exponent(v: f64) -> i32 {
+    let bits = v.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i32;
+    if e == 0 {
+        // Subnormal: count from the leading mantissa bit.
+        -1074 + (63 - bits.leading_zeros() as i32)
+    } else {
+        e - 1023
+    }
+}
+
+/// 2^e for e in the normal range (clamped to it).
+fn pow2(e: i32) -> f64 {
+    let e = e.clamp(-1022, 1023);
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponent_and_pow2() {
+        assert_eq!(exponent(1.0), 0);
+        assert_eq!(exponent(3.0), 1);
+        assert_eq!(exponent(0.5), -1);
+        assert_eq!(exponent(f64::MAX), 1023);
+        assert_eq!(exponent(f64::from_bits(1)), -1074);
+        assert_eq!(pow2(-3), 0.125);
+        assert_eq!(pow2(1023), 2f64.powi(1023));
+    }
+
+    #[test]
+    fn two_sum_is_exact() {
+        let (s, e) = two_sum(1.0, 1e-20);
+        assert_eq!(s, 1.0);
+        assert_eq!(e, 1e-20);
+    }
+
+    #[test]
+    fn offset_rows_keep_their_variance() {
+        // 1e8 + {0, 1, 2, 3}: variance 1.25 exactly.
+        let x: Vec<f64> = (0..4).map(|i| 1.0e8 + i as f64).collect();
+        let s = row_stats(&x, 0.0);
+        assert_eq!(s.mean, 1.0e8 + 1.5);
+        assert_eq!(s.rstd, 1.0 / 1.25f64.sqrt());
+        let x: Vec<f32> = (0..4).map(|i| 1.0e4 + i as f32).collect();
+        let s = row_stats(&x, 0.0);
+        assert_eq!(s.mean, 1.0e4 + 1.5);
+        assert_eq!(s.rstd, 1.0 / 1.25f64.sqrt());
+    }
+
+    #[test]
+    fn huge_and_tiny_f64_rows_are_rescaled() {
+        for scale in [1e200, 1e-200, 1e300] {
+            let x: Vec<f64> = [1.0, 2.0, 3.0, 4.0].iter().map(|v| v * scale).collect();
+            let s = row_stats(&x, 0.0);
+            let rel = (s.rstd * 1.25f64.sqrt() * scale - 1.0).abs();
+            assert!(rel < 1e-15, "scale {scale}: rstd {} rel {rel}", s.rstd);
+            assert!((s.mean / (2.5 * scale) - 1.0).abs() < 1e-15);
+        }
+        // Opposite extremes: the differences overflow without a rescale.
+        let x = [f64::MAX, -f64::MAX];
+        let s = row_stats(&x, 1e-5);
+        assert_eq!(s.mean, 0.0);
+        assert!((s.rstd * f64::MAX - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn constant_and_empty_rows() {
+        let s = row_stats(&[7.5f32; 100], 1e-5);
+        assert_eq!(s.mean, 7.5);
+        assert_eq!(s.shift - 7.5 + s.corr, 0.0);
+        assert!(row_stats::<f64>(&[], 1e-5).mean.is_nan());
+    }
+}

@@ -1,0 +1,93 @@
+//! How rows are split over threads.
+//!
+//! One rayon pool for the whole process, sized by `set_num_threads` (the Python
+//! layer reads `LNRS_NUM_THREADS`), else the number of cores. Rows go out in
+//! contiguous blocks; every row is computed the same way whichever block or
+//! thread it lands in, so results never depend on the thread count.
+
+use rayon::prelude::*;
+use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// Below this many elements a call runs on the calling thread: handing work to
+/// the pool costs a few microseconds, as much as normalising ~16K floats.
+pub const INLINE_MAX_ELEMENTS: usize = 1 << 14;
+
+/// Each parallel task gets at least this many elements, and there are at most
+/// `TASKS_PER_THREAD` tasks per thread, to balance load without tiny tasks.
+const MIN_TASK_ELEMENTS: usize = 1 << 13;
+const TASKS_PER_THREAD: usize = 4;
+
+fn pool_slot() -> &'static RwLock<Option<Arc<ThreadPool>>> {
+    static POOL: OnceLock<RwLock<Option<Arc<ThreadPool>>>> = OnceLock::new();
+    POOL.get_or_init(|| RwLock::new(None))
+}
+
+fn build(threads: usize) -> Result<Arc<ThreadPool>, String> {
+    ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("lnrs-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| format!("could not start {threads} threads: {e}"))
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The pool, started with one thread per core on first use. Callers keep their
+/// `Arc`, so a concurrent `set_num_threads` never pulls a pool from under them.
+pub fn pool() -> Arc<ThreadPool> {
+    if let Some(p) = pool_slot().read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return Arc::clone(p);
+    }
+    let mut slot = pool_slot().write().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(build(default_threads()).expect("starting the default thread pool"));
+    }
+    Arc::clone(slot.as_ref().expect("just set"))
+}
+
+/// Replace the pool with one of `threads` threads (≥ 1).
+pub fn set_num_threads(threads: usize) -> Result<(), String> {
+    if threads == 0 {
+        return Err("the thread count must be at least 1, got 0".into());
+    }
+    let new = build(threads)?;
+    *pool_slot().write().unwrap_or_else(|e| e.into_inner()) = Some(new);
+    Ok(())
+}
+
+pub fn num_threads() -> usize {
+    pool().current_num_threads()
+}
+
+/// Call `f(first_row, y_rows, a_rows, b_rows)` over contiguous blocks of rows,
+/// where `y` has `cols` elements per row and `a`, `b` one per row. Small work
+/// runs inline on the calling thread.
+pub fn for_row_blocks<Y, A, B, F>(rows: usize, cols: usize, y: &mut [Y], a: &mut [A], b: &mut [B], f: F)
+where
+    Y: Send,
+    A: Send,
+    B: Send,
+    F: Fn(usize, &mut [Y], &mut [A], &mut [B]) + Sync,
+{
+    let total = rows * cols;
+    let pool = if total <= INLINE_MAX_ELEMENTS || rows == 1 { None } else { Some(pool()) };
+    let Some(pool) = pool.filter(|p| p.current_num_threads() > 1) else {
+        f(0, y, a, b);
+        return;
+    };
+    let tasks = (pool.current_num_threads() * TASKS_PER_THREAD)
+        .min(total.div_ceil(MIN_TASK_ELEMENTS))
+        .clamp(1, rows);
+    let block = rows.div_ceil(tasks);
+    pool.install(|| {
+        y.par_chunks_mut(block * cols)
+            .zip(a.par_chunks_mut(block))
+            .zip(b.par_chunks_mut(block))
+            .enumerate()
+            .for_each(|(i, ((y, a), b))| f(i * block, y, a, b));
+    });
+}
