@@ -13,7 +13,10 @@ mod bindings {
     use crate::kernels::simd::{self, Level};
     use crate::kernels::KernelError;
     use crate::parallel;
-    use numpy::{PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
+    use numpy::{
+        PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2,
+        PyUntypedArrayMethods,
+    };
     use pyo3::exceptions::{PyTypeError, PyValueError};
     use pyo3::prelude::*;
 
@@ -25,8 +28,12 @@ mod bindings {
         PyValueError::new_err(e.to_string())
     }
 
-    fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-        a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
+    fn slice<'a, T: numpy::Element>(
+        a: &'a PyReadonlyArray1<'_, T>,
+        name: &str,
+    ) -> PyResult<&'a [T]> {
+        a.as_slice()
+            .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -48,8 +55,10 @@ mod bindings {
         let x: Option<PyReadonlyArray2<'py, T>> = x.map(|x| x.extract()).transpose()?;
         let w: Option<PyReadonlyArray1<'py, T>> = weight.map(|w| w.extract()).transpose()?;
         let b: Option<PyReadonlyArray1<'py, T>> = bias.map(|b| b.extract()).transpose()?;
-        let mut m: Option<PyReadwriteArray1<'py, T::Stat>> = mean.map(|a| a.extract()).transpose()?;
-        let mut r: Option<PyReadwriteArray1<'py, T::Stat>> = rstd.map(|a| a.extract()).transpose()?;
+        let mut m: Option<PyReadwriteArray1<'py, T::Stat>> =
+            mean.map(|a| a.extract()).transpose()?;
+        let mut r: Option<PyReadwriteArray1<'py, T::Stat>> =
+            rstd.map(|a| a.extract()).transpose()?;
         let contiguous = |name: &str| PyValueError::new_err(format!("{name} must be C-contiguous"));
         let input = match &x {
             Some(x) => Input::Separate(x.as_slice().map_err(|_| contiguous("x"))?),
@@ -73,10 +82,20 @@ mod bindings {
                 &mut r_scratch[..]
             }
         };
-        let args = Forward { x: input, cols, weight, bias, eps };
+        let args = Forward {
+            x: input,
+            cols,
+            weight,
+            bias,
+            eps,
+        };
         let level = simd::active();
         let mut run = move || forward_kernel(level, args, y, mean, rstd);
-        let result = if rows * cols >= DETACH_MIN_ELEMENTS { py.detach(run) } else { run() };
+        let result = if rows * cols >= DETACH_MIN_ELEMENTS {
+            py.detach(run)
+        } else {
+            run()
+        };
         result.map_err(value_error)
     }
 
@@ -100,7 +119,9 @@ mod bindings {
         } else if let Ok(y) = out.extract::<PyReadwriteArray2<'py, f64>>() {
             forward_typed(py, x, y, weight, bias, eps, mean, rstd)
         } else {
-            Err(PyTypeError::new_err("out must be a writeable 2-D float32 or float64 array"))
+            Err(PyTypeError::new_err(
+                "out must be a writeable 2-D float32 or float64 array",
+            ))
         }
     }
 

@@ -39,7 +39,11 @@ fn default_threads() -> usize {
 /// The pool, started with one thread per core on first use. Callers keep their
 /// `Arc`, so a concurrent `set_num_threads` never pulls a pool from under them.
 pub fn pool() -> Arc<ThreadPool> {
-    if let Some(p) = pool_slot().read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(p) = pool_slot()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
         return Arc::clone(p);
     }
     let mut slot = pool_slot().write().unwrap_or_else(|e| e.into_inner());
@@ -66,15 +70,25 @@ pub fn num_threads() -> usize {
 /// Call `f(first_row, y_rows, a_rows, b_rows)` over contiguous blocks of rows,
 /// where `y` has `cols` elements per row and `a`, `b` one per row. Small work
 /// runs inline on the calling thread.
-pub fn for_row_blocks<Y, A, B, F>(rows: usize, cols: usize, y: &mut [Y], a: &mut [A], b: &mut [B], f: F)
-where
+pub fn for_row_blocks<Y, A, B, F>(
+    rows: usize,
+    cols: usize,
+    y: &mut [Y],
+    a: &mut [A],
+    b: &mut [B],
+    f: F,
+) where
     Y: Send,
     A: Send,
     B: Send,
     F: Fn(usize, &mut [Y], &mut [A], &mut [B]) + Sync,
 {
     let total = rows * cols;
-    let pool = if total <= INLINE_MAX_ELEMENTS || rows == 1 { None } else { Some(pool()) };
+    let pool = if total <= INLINE_MAX_ELEMENTS || rows == 1 {
+        None
+    } else {
+        Some(pool())
+    };
     let Some(pool) = pool.filter(|p| p.current_num_threads() > 1) else {
         f(0, y, a, b);
         return;

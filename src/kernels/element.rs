@@ -15,6 +15,17 @@ pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
     fn to_f64(self) -> f64;
     /// Round to nearest, ties to even.
     fn from_f64(v: f64) -> Self;
+
+    /// The slice itself when the storage type is f64.
+    fn as_f64_slice(s: &[Self]) -> Option<&[f64]>;
+}
+
+/// `s` as f64: borrowed when it already is, else converted once.
+pub fn widen<T: Element>(s: &[T]) -> std::borrow::Cow<'_, [f64]> {
+    match T::as_f64_slice(s) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(s.iter().map(|v| v.to_f64()).collect()),
+    }
 }
 
 impl Element for f32 {
@@ -30,6 +41,9 @@ impl Element for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
+        None
+    }
 }
 
 impl Element for f64 {
@@ -44,5 +58,8 @@ impl Element for f64 {
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v
+    }
+    fn as_f64_slice(s: &[Self]) -> Option<&[f64]> {
+        Some(s)
     }
 }

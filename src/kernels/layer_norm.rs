@@ -1,6 +1,6 @@
 //! LayerNorm forward: `y = (x − mean)·rstd·weight + bias` per row.
 
-use super::element::Element;
+use super::element::{widen, Element};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{row_stats, RowStats, LANES};
 use super::KernelError;
@@ -32,7 +32,13 @@ pub fn layer_norm_forward<T: Element>(
     mean: &mut [T::Stat],
     rstd: &mut [T::Stat],
 ) -> Result<(), KernelError> {
-    let Forward { x, cols, weight, bias, eps } = args;
+    let Forward {
+        x,
+        cols,
+        weight,
+        bias,
+        eps,
+    } = args;
     let rows = mean.len();
     check_len("y", y.len(), rows * cols)?;
     check_len("rstd", rstd.len(), rows)?;
@@ -55,13 +61,29 @@ pub fn layer_norm_forward<T: Element>(
         rstd.fill(T::Stat::from_f64(f64::NAN));
         return Ok(());
     }
+    // Converted once per call, not once per row.
+    let weight = weight.map(widen);
+    let bias = bias.map(widen);
+    let w = weight.as_deref().unwrap_or(&[]);
+    let b = bias.as_deref().unwrap_or(&[]);
     parallel::for_row_blocks(rows, cols, y, mean, rstd, |first, y, mean, rstd| {
         let x = match x {
             Input::Separate(x) => Input::Separate(&x[first * cols..(first + mean.len()) * cols]),
             Input::InPlace => Input::InPlace,
         };
-        let args = Forward { x, cols, weight, bias, eps };
-        dispatch(level, RowBlock { args, y, mean, rstd });
+        dispatch(
+            level,
+            RowBlock {
+                x,
+                cols,
+                w,
+                b,
+                eps,
+                y,
+                mean,
+                rstd,
+            },
+        );
     });
     Ok(())
 }
@@ -70,13 +92,22 @@ fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), Kern
     if got == expected {
         Ok(())
     } else {
-        Err(KernelError::Length { name, expected, got })
+        Err(KernelError::Length {
+            name,
+            expected,
+            got,
+        })
     }
 }
 
 /// A contiguous block of rows, run on one thread at one SIMD level.
+/// `w` and `b` are empty when absent.
 struct RowBlock<'a, T: Element> {
-    args: Forward<'a, T>,
+    x: Input<'a, T>,
+    cols: usize,
+    w: &'a [f64],
+    b: &'a [f64],
+    eps: f64,
     y: &'a mut [T],
     mean: &'a mut [T::Stat],
     rstd: &'a mut [T::Stat],
@@ -87,9 +118,9 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
 
     #[inline(always)]
     fn run(self) {
-        let Forward { x, cols, weight, bias, eps } = self.args;
-        let w = weight.unwrap_or(&[]);
-        let b = bias.unwrap_or(&[]);
+        let RowBlock {
+            x, cols, w, b, eps, ..
+        } = self;
         for (r, y) in self.y.chunks_exact_mut(cols).enumerate() {
             let stats = match x {
                 Input::Separate(x) => {
@@ -111,7 +142,7 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
 }
 
 #[inline(always)]
-fn normalise_row<T: Element>(x: Option<&[T]>, y: &mut [T], s: &RowStats, w: &[T], b: &[T]) {
+fn normalise_row<T: Element>(x: Option<&[T]>, y: &mut [T], s: &RowStats, w: &[f64], b: &[f64]) {
     match (w.is_empty(), b.is_empty(), s.scale == 1.0) {
         (false, false, true) => normalise::<T, true, true, false>(x, y, s, w, b),
         (false, true, true) => normalise::<T, true, false, false>(x, y, s, w, b),
@@ -123,7 +154,13 @@ fn normalise_row<T: Element>(x: Option<&[T]>, y: &mut [T], s: &RowStats, w: &[T]
 
 #[cold]
 #[inline(never)]
-fn normalise_rescaled<T: Element>(x: Option<&[T]>, y: &mut [T], s: &RowStats, w: &[T], b: &[T]) {
+fn normalise_rescaled<T: Element>(
+    x: Option<&[T]>,
+    y: &mut [T],
+    s: &RowStats,
+    w: &[f64],
+    b: &[f64],
+) {
     match (w.is_empty(), b.is_empty()) {
         (false, false) => normalise::<T, true, true, true>(x, y, s, w, b),
         (false, true) => normalise::<T, true, false, true>(x, y, s, w, b),
@@ -139,8 +176,8 @@ fn normalise<T: Element, const W: bool, const B: bool, const SCALED: bool>(
     x: Option<&[T]>,
     y: &mut [T],
     s: &RowStats,
-    w: &[T],
-    b: &[T],
+    w: &[f64],
+    b: &[f64],
 ) {
     let n = y.len();
     let full = n - n % LANES;
@@ -150,20 +187,26 @@ fn normalise<T: Element, const W: bool, const B: bool, const SCALED: bool>(
             Some(x) => &x[i..i + LANES],
             None => &y[i..i + LANES],
         };
-        let out = chunk::<T, W, B, SCALED>(src, s, &w[if W { i..i + LANES } else { 0..0 }], &b[if B { i..i + LANES } else { 0..0 }]);
+        let out = chunk::<T, W, B, SCALED>(
+            src,
+            s,
+            &w[if W { i..i + LANES } else { 0..0 }],
+            &b[if B { i..i + LANES } else { 0..0 }],
+        );
         y[i..i + LANES].copy_from_slice(&out);
         i += LANES;
     }
     if full < n {
         let r = n - full;
-        let pad = |src: &[T]| {
-            let mut a = [T::ZERO; LANES];
-            a[..r].copy_from_slice(&src[full..]);
-            a
-        };
-        let xs = pad(x.unwrap_or(y));
-        let ws = if W { pad(w) } else { [T::ZERO; LANES] };
-        let bs = if B { pad(b) } else { [T::ZERO; LANES] };
+        let mut xs = [T::ZERO; LANES];
+        xs[..r].copy_from_slice(&x.unwrap_or(y)[full..]);
+        let (mut ws, mut bs) = ([0.0; LANES], [0.0; LANES]);
+        if W {
+            ws[..r].copy_from_slice(&w[full..]);
+        }
+        if B {
+            bs[..r].copy_from_slice(&b[full..]);
+        }
         let out = chunk::<T, W, B, SCALED>(&xs, s, &ws, &bs);
         y[full..].copy_from_slice(&out[..r]);
     }
@@ -173,20 +216,201 @@ fn normalise<T: Element, const W: bool, const B: bool, const SCALED: bool>(
 fn chunk<T: Element, const W: bool, const B: bool, const SCALED: bool>(
     x: &[T],
     s: &RowStats,
-    w: &[T],
-    b: &[T],
+    w: &[f64],
+    b: &[f64],
 ) -> [T; LANES] {
     let mut out = [T::ZERO; LANES];
     for j in 0..LANES {
-        let v = if SCALED { x[j].to_f64() * s.scale } else { x[j].to_f64() };
+        let v = if SCALED {
+            x[j].to_f64() * s.scale
+        } else {
+            x[j].to_f64()
+        };
         let mut t = ((v - s.shift) - s.corr) * s.rstd_scaled;
         if W {
-            t *= w[j].to_f64();
+            t *= w[j];
         }
         if B {
-            t += b[j].to_f64();
+            t += b[j];
         }
         out[j] = T::from_f64(t);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::simd::supported_levels;
+
+    /// A deterministic pseudo-random row generator (no test dependencies).
+    fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                offset + ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 3.0
+            })
+            .collect()
+    }
+
+    fn run<T: Element>(
+        level: Level,
+        x: &[T],
+        cols: usize,
+        w: Option<&[T]>,
+        b: Option<&[T]>,
+    ) -> (Vec<T>, Vec<T::Stat>, Vec<T::Stat>) {
+        let rows = x.len() / cols;
+        let (mut y, mut m, mut r) = (
+            vec![T::ZERO; x.len()],
+            vec![T::Stat::ZERO; rows],
+            vec![T::Stat::ZERO; rows],
+        );
+        let args = Forward {
+            x: Input::Separate(x),
+            cols,
+            weight: w,
+            bias: b,
+            eps: 1e-5,
+        };
+        layer_norm_forward(level, args, &mut y, &mut m, &mut r).unwrap();
+        (y, m, r)
+    }
+
+    fn every_level_matches_scalar<T: Element>() {
+        for cols in [1, 3, 31, 32, 33, 100, 1000] {
+            let rows = 7;
+            let x: Vec<T> = data(rows * cols, cols as u64, 10.0)
+                .into_iter()
+                .map(T::from_f64)
+                .collect();
+            let w: Vec<T> = data(cols, 1, 1.0).into_iter().map(T::from_f64).collect();
+            let b: Vec<T> = data(cols, 2, 0.0).into_iter().map(T::from_f64).collect();
+            for (w, b) in [
+                (None, None),
+                (Some(&w[..]), None),
+                (None, Some(&b[..])),
+                (Some(&w[..]), Some(&b[..])),
+            ] {
+                let scalar = run(Level::Scalar, &x, cols, w, b);
+                for level in supported_levels() {
+                    assert_eq!(run(level, &x, cols, w, b), scalar, "{level} cols {cols}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_matches_scalar_f32() {
+        every_level_matches_scalar::<f32>();
+    }
+
+    #[test]
+    fn every_level_matches_scalar_f64() {
+        every_level_matches_scalar::<f64>();
+    }
+
+    #[test]
+    fn in_place_matches_out_of_place() {
+        let cols = 77;
+        let x: Vec<f32> = data(5 * cols, 3, -4.0)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let (y, m, r) = run(Level::Scalar, &x, cols, None, None);
+        let mut z = x.clone();
+        let (mut m2, mut r2) = (vec![0.0; 5], vec![0.0; 5]);
+        let args = Forward {
+            x: Input::InPlace,
+            cols,
+            weight: None,
+            bias: None,
+            eps: 1e-5,
+        };
+        layer_norm_forward(
+            crate::kernels::simd::active(),
+            args,
+            &mut z,
+            &mut m2,
+            &mut r2,
+        )
+        .unwrap();
+        assert_eq!((z, m2, r2), (y, m, r));
+    }
+
+    #[test]
+    fn f32_offset_rows_are_exact_to_half_an_ulp() {
+        let cols = 1000;
+        let xd = data(cols, 9, 1.0e4);
+        let x: Vec<f32> = xd.iter().map(|&v| v as f32).collect();
+        let (y, ..) = run(crate::kernels::simd::active(), &x, cols, None, None);
+        let xs: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let mean = xs.iter().sum::<f64>() / cols as f64;
+        let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+        for (yi, xi) in y.iter().zip(&xs) {
+            let exact = (xi - mean) / (var + 1e-5).sqrt();
+            let ulp = f32::EPSILON as f64 * exact.abs().max(2f64.powi(-10));
+            assert!(
+                ((*yi as f64) - exact).abs() <= 0.51 * ulp + 1e-12,
+                "{yi} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let cols = 513;
+        let x: Vec<f32> = data(200 * cols, 4, 2.0)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        crate::parallel::set_num_threads(1).unwrap();
+        let one = run(crate::kernels::simd::active(), &x, cols, None, None);
+        crate::parallel::set_num_threads(3).unwrap();
+        let three = run(crate::kernels::simd::active(), &x, cols, None, None);
+        assert_eq!(one, three);
+        // A row alone gives the bits it gives inside the batch.
+        let alone = run(
+            crate::kernels::simd::active(),
+            &x[57 * cols..58 * cols],
+            cols,
+            None,
+            None,
+        );
+        assert_eq!(alone.0[..], one.0[57 * cols..58 * cols]);
+    }
+
+    #[test]
+    fn bad_lengths_and_eps_are_errors() {
+        let (mut y, mut m, mut r) = (vec![0.0f32; 6], vec![0.0f32; 2], vec![0.0f32; 2]);
+        let x = [0.0f32; 5];
+        let args = Forward {
+            x: Input::Separate(&x),
+            cols: 3,
+            weight: None,
+            bias: None,
+            eps: 1e-5,
+        };
+        assert!(matches!(
+            layer_norm_forward(Level::Scalar, args, &mut y, &mut m, &mut r),
+            Err(KernelError::Length { name: "x", .. })
+        ));
+        let x = [0.0f32; 6];
+        let args = Forward {
+            x: Input::Separate(&x),
+            cols: 3,
+            weight: None,
+            bias: None,
+            eps: f64::NAN,
+        };
+        assert!(matches!(
+            layer_norm_forward(Level::Scalar, args, &mut y, &mut m, &mut r),
+            Err(KernelError::BadEps(_))
+        ));
+    }
 }

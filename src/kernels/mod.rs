@@ -1,5 +1,9 @@
 //! Pure-Rust kernels: no Python here. Slices in, slices out, errors as values.
 
+// Lane loops index several fixed-size arrays by one counter on purpose: that is
+// the shape LLVM turns into vector instructions.
+#![allow(clippy::needless_range_loop)]
+
 pub mod element;
 pub mod layer_norm;
 pub mod simd;
@@ -10,14 +14,22 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelError {
     /// A buffer whose length does not fit the shape of the call.
-    Length { name: &'static str, expected: usize, got: usize },
+    Length {
+        name: &'static str,
+        expected: usize,
+        got: usize,
+    },
     BadEps(f64),
 }
 
 impl fmt::Display for KernelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelError::Length { name, expected, got } => {
+            KernelError::Length {
+                name,
+                expected,
+                got,
+            } => {
                 write!(f, "{name} must hold {expected} elements, got {got}")
             }
             KernelError::BadEps(eps) => write!(f, "eps must be a number >= 0, got {eps}"),

@@ -43,9 +43,7 @@ impl Level {
             #[cfg(target_arch = "aarch64")]
             Level::Neon => true,
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => {
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-            }
+            Level::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => {
                 is_x86_feature_detected!("avx512f")
@@ -69,12 +67,17 @@ impl fmt::Display for Level {
 
 /// Every level this CPU supports, lowest first.
 pub fn supported_levels() -> Vec<Level> {
-    Level::ALL.into_iter().filter(|l| l.is_supported()).collect()
+    Level::ALL
+        .into_iter()
+        .filter(|l| l.is_supported())
+        .collect()
 }
 
 /// The best level this CPU supports.
 pub fn detect() -> Level {
-    *supported_levels().last().expect("the scalar level is always supported")
+    *supported_levels()
+        .last()
+        .expect("the scalar level is always supported")
 }
 
 const UNSET: u8 = u8::MAX;

@@ -1,12 +1,13 @@
 //! Row statistics: the shifted, corrected two-pass mean and variance.
 //!
-//! Pass 1 sums `x - x[0]` for a first mean `m0`; pass 2 sums `d = x - m0` and
-//! `d²`, whose first sum corrects `m0` to the exact mean (`mean = m0 + c`, kept
-//! as an unevaluated pair so that `x - mean` is formed as `(x - m0) - c`) and
-//! whose second gives the variance without the cancellation of `E[x²] − E[x]²`.
-//! Narrow storage types accumulate in f64 lanes, where each difference is exact.
-//! f64 storage adds in blocks whose partial sums are folded with TwoSum, and
-//! rescales by a power of two when squares would overflow or underflow.
+//! The mean is kept as an unevaluated pair `m0 + c` so that `x − mean` is formed
+//! as `(x − m0) − c` in f64 and never loses the digits an offset would take.
+//! f64 storage: pass 1 sums `x − x[0]` for a first mean `m0`; pass 2 sums
+//! `d = x − m0` and `d²` in blocks folded with TwoSum; `Σd` corrects `m0` and
+//! `Σd²` gives the variance without the cancellation of `E[x²] − E[x]²`; rows
+//! whose squares would overflow or underflow are rescaled by a power of two.
+//! Narrower storage: `x − x[0]` is exact in f64, so one pass of plain f64 lane
+//! sums suffices (see `one_pass_wide`).
 
 use super::element::Element;
 
@@ -72,7 +73,7 @@ pub fn two_sum(a: f64, b: f64) -> (f64, f64) {
 }
 
 /// A lane-wise compensated total: `hi + lo` carries about twice f64's precision.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Compensated {
     hi: Lanes,
     lo: Lanes,
@@ -81,7 +82,10 @@ pub struct Compensated {
 impl Compensated {
     #[inline(always)]
     pub fn new() -> Self {
-        Compensated { hi: [0.0; LANES], lo: [0.0; LANES] }
+        Compensated {
+            hi: [0.0; LANES],
+            lo: [0.0; LANES],
+        }
     }
 
     #[inline(always)]
@@ -110,7 +114,13 @@ impl Compensated {
 #[inline(always)]
 fn shifted_sum<T: Element, const SCALED: bool>(x: &[T], scale: f64, k: f64) -> f64 {
     let mut acc = [0.0; LANES];
-    let load = |v: T| if SCALED { v.to_f64() * scale } else { v.to_f64() };
+    let load = |v: T| {
+        if SCALED {
+            v.to_f64() * scale
+        } else {
+            v.to_f64()
+        }
+    };
     let chunks = x.chunks_exact(LANES);
     let rem = chunks.remainder();
     for c in chunks {
@@ -127,7 +137,13 @@ fn shifted_sum<T: Element, const SCALED: bool>(x: &[T], scale: f64, k: f64) -> f
 /// (Σd, Σd²) with d = x·scale − m.
 #[inline(always)]
 fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> (f64, f64) {
-    let load = |v: T| if SCALED { v.to_f64() * scale } else { v.to_f64() };
+    let load = |v: T| {
+        if SCALED {
+            v.to_f64() * scale
+        } else {
+            v.to_f64()
+        }
+    };
     let step = |s1: &mut Lanes, s2: &mut Lanes, c: &[T]| {
         for j in 0..c.len().min(LANES) {
             let d = load(c[j]) - m;
@@ -145,7 +161,7 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
         step(&mut s1, &mut s2, rem);
         (reduce(s1), reduce(s2))
     } else {
-        let (mut t1, mut t2) = (Compensated::new(), Compensated::new());
+        let (mut t1, mut t2) = (Compensated::default(), Compensated::default());
         for block in x.chunks(LANES * BLOCK_STEPS) {
             let (mut s1, mut s2) = ([0.0; LANES], [0.0; LANES]);
             let chunks = block.chunks_exact(LANES);
@@ -161,16 +177,43 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
     }
 }
 
+/// (first mean, correction, variance) by the corrected two-pass scheme.
 #[inline(always)]
 fn two_pass<T: Element, const SCALED: bool>(x: &[T], scale: f64) -> (f64, f64, f64) {
+    let k = if SCALED {
+        x[0].to_f64() * scale
+    } else {
+        x[0].to_f64()
+    };
+    let m0 = k + shifted_sum::<T, SCALED>(x, scale, k) / x.len() as f64;
+    corrected::<T, SCALED>(x, scale, m0)
+}
+
+#[inline(always)]
+fn corrected<T: Element, const SCALED: bool>(x: &[T], scale: f64, m0: f64) -> (f64, f64, f64) {
     let n = x.len() as f64;
-    let k = if SCALED { x[0].to_f64() * scale } else { x[0].to_f64() };
-    let m0 = k + shifted_sum::<T, SCALED>(x, scale, k) / n;
     let (s1, s2) = centred_sums::<T, SCALED>(x, scale, m0);
     let corr = s1 / n;
     // Σ(d − c)² = Σd² − n·c²; c is tiny next to the spread, so no cancellation.
     let var = (s2 / n - corr * corr).max(0.0);
     (m0, corr, var)
+}
+
+/// Narrow storage in one pass: `u = x − x[0]` is exact in f64, so Σu and Σu²
+/// hold everything. `Σu²/n − c²` cancels only as far as x[0] is from the mean;
+/// past 32 standard deviations (2^10 in variance) a second pass around the
+/// mean takes over, so at most 10 of f64's 53 bits are ever lost.
+#[inline(always)]
+fn one_pass_wide<T: Element>(x: &[T]) -> (f64, f64, f64) {
+    let n = x.len() as f64;
+    let k = x[0].to_f64();
+    let (s1, s2) = centred_sums::<T, false>(x, 1.0, k);
+    let corr = s1 / n;
+    let var = (s2 / n - corr * corr).max(0.0);
+    if corr * corr > var * 1024.0 {
+        return corrected::<T, false>(x, 1.0, k + corr);
+    }
+    (k, corr, var)
 }
 
 /// Squares of f64 values below this would lose bits to underflow.
@@ -182,7 +225,11 @@ pub fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
     if x.is_empty() {
         return RowStats::empty();
     }
-    let (m0, corr, var) = two_pass::<T, false>(x, 1.0);
+    let (m0, corr, var) = if T::WIDE {
+        one_pass_wide(x)
+    } else {
+        two_pass::<T, false>(x, 1.0)
+    };
     let needs_rescale = !T::WIDE
         && (!var.is_finite() || !m0.is_finite() || (var < TINY_SQUARES && eps < TINY_SQUARES));
     if needs_rescale {
@@ -191,7 +238,14 @@ pub fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
         }
     }
     let rstd = 1.0 / (var + eps).sqrt();
-    RowStats { shift: m0, corr, rstd_scaled: rstd, scale: 1.0, mean: m0 + corr, rstd }
+    RowStats {
+        shift: m0,
+        corr,
+        rstd_scaled: rstd,
+        scale: 1.0,
+        mean: m0 + corr,
+        rstd,
+    }
 }
 
 /// Statistics of an f64 row whose squares overflow or underflow: rerun the two
@@ -221,8 +275,19 @@ fn rescaled_stats<T: Element>(x: &[T], eps: f64) -> Option<RowStats> {
         // eps dwarfs a variance this small.
         1.0 / eps.sqrt()
     };
-    let rstd_scaled = if eps_scaled.is_finite() { rstd_scaled } else { rstd / scale };
-    Some(RowStats { shift: m0, corr, rstd_scaled, scale, mean: (m0 + corr) / scale, rstd })
+    let rstd_scaled = if eps_scaled.is_finite() {
+        rstd_scaled
+    } else {
+        rstd / scale
+    };
+    Some(RowStats {
+        shift: m0,
+        corr,
+        rstd_scaled,
+        scale,
+        mean: (m0 + corr) / scale,
+        rstd,
+    })
 }
 
 /// The binary exponent of a positive finite value (of its leading bit).

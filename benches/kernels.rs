@@ -1,0 +1,64 @@
+//! `cargo bench`: the kernels alone, per SIMD level, on one thread and on all.
+//! Prints nanoseconds per element and GB/s of the bytes each call must move.
+
+use _lnrs::kernels::element::Element;
+use _lnrs::kernels::layer_norm::{layer_norm_forward, Forward, Input};
+use _lnrs::kernels::simd::{supported_levels, Level};
+use _lnrs::parallel;
+use std::time::Instant;
+
+fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn forward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
+    let x: Vec<T> = (0..rows * cols)
+        .map(|i| T::from_f64(((i * 7919) % 1000) as f64 * 1e-3))
+        .collect();
+    let w = vec![T::from_f64(1.5); cols];
+    let b = vec![T::from_f64(0.25); cols];
+    let mut y = vec![T::ZERO; rows * cols];
+    let mut mean = vec![T::Stat::ZERO; rows];
+    let mut rstd = vec![T::Stat::ZERO; rows];
+    let args = Forward {
+        x: Input::Separate(&x),
+        cols,
+        weight: Some(&w),
+        bias: Some(&b),
+        eps: 1e-5,
+    };
+    let reps = (2e8 / (rows * cols) as f64).clamp(3.0, 200.0) as usize;
+    best_of(reps, || {
+        layer_norm_forward(level, args, &mut y, &mut mean, &mut rstd).unwrap()
+    })
+}
+
+fn main() {
+    let shapes = [(512, 768), (4096, 1024), (8192, 4096)];
+    for threads in [1, parallel::num_threads()] {
+        parallel::set_num_threads(threads).unwrap();
+        for level in supported_levels() {
+            for (rows, cols) in shapes {
+                for (name, size, t) in [
+                    ("f32", 4, forward::<f32>(level, rows, cols)),
+                    ("f64", 8, forward::<f64>(level, rows, cols)),
+                ] {
+                    let n = (rows * cols) as f64;
+                    println!(
+                        "forward {name} {rows:>5}x{cols:<5} {level:<7} threads {threads}: {:8.3} ms {:6.3} ns/elem {:6.1} GB/s",
+                        t * 1e3,
+                        t * 1e9 / n,
+                        2.0 * size as f64 * n / t / 1e9
+                    );
+                }
+            }
+        }
+    }
+}

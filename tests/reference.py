@@ -1,0 +1,102 @@
+"""An independent LayerNorm reference and the ulp metric the tests measure against.
+
+The reference never calls lnrs. It works in a type wider than the input:
+float64 for float32 input (every float32 difference and square is exact or nearly
+so there), np.longdouble for float64 input (80-bit extended on x86-64 Linux, 11
+more mantissa bits). Statistics are two-pass around a shifted mean: shift by the
+wide mean, then correct that mean by the mean of the shifted values, so offset
+data keeps its variance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WIDE = {np.dtype(np.float32): np.dtype(np.float64), np.dtype(np.float64): np.dtype(np.longdouble)}
+
+# Below this magnitude errors are measured in ulps of 2**-10, not of the value,
+# so that outputs near zero are not held to a relative bound they cannot meet.
+ULP_FLOOR = 2.0**-10
+
+
+def wide_dtype(dtype) -> np.dtype:
+    return WIDE[np.dtype(dtype)]
+
+
+def rows_view(x: np.ndarray, ndims: int) -> np.ndarray:
+    """`x` as (rows, cols), the last `ndims` axes flattened."""
+    x = np.asarray(x)
+    lead = x.shape[: x.ndim - ndims]
+    cols = int(np.prod(x.shape[x.ndim - ndims :], dtype=np.int64))
+    return x.reshape(int(np.prod(lead, dtype=np.int64)), cols)
+
+
+def reference_stats(x, ndims: int, eps: float = 1e-5):
+    """Per-row (mean, rstd, centred) in the wide type, with lead shape."""
+    x = np.asarray(x)
+    wide = wide_dtype(x.dtype)
+    lead = x.shape[: x.ndim - ndims]
+    xr = rows_view(x, ndims).astype(wide)
+    n = xr.shape[1]
+    m = xr.sum(axis=1, dtype=wide) / wide.type(n)
+    d = xr - m[:, None]
+    c = d.sum(axis=1, dtype=wide) / wide.type(n)
+    mean = m + c
+    d = d - c[:, None]
+    var = (d * d).sum(axis=1, dtype=wide) / wide.type(n)
+    rstd = wide.type(1) / np.sqrt(var + wide.type(eps))
+    return mean.reshape(lead), rstd.reshape(lead), d
+
+
+def reference_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """(y, mean, rstd) in the wide type; y has x's shape."""
+    x = np.asarray(x)
+    dims = (normalized_shape,) if np.ndim(normalized_shape) == 0 else tuple(normalized_shape)
+    wide = wide_dtype(x.dtype)
+    mean, rstd, d = reference_stats(x, len(dims), eps)
+    y = d * rstd.reshape(-1)[:, None]
+    if weight is not None:
+        y = y * np.asarray(weight).astype(x.dtype).astype(wide).reshape(-1)
+    if bias is not None:
+        y = y + np.asarray(bias).astype(x.dtype).astype(wide).reshape(-1)
+    return y.reshape(x.shape), mean, rstd
+
+
+def ulp_error(y, ref, dtype, floor: float = ULP_FLOOR) -> np.ndarray:
+    """|y - ref| in units of the spacing of `dtype` at max(|ref|, floor), elementwise.
+
+    `ref` is in the wide type; the difference is taken there, so it is exact.
+    """
+    dtype = np.dtype(dtype)
+    ref = np.asarray(ref)
+    wide = ref.dtype
+    diff = np.abs(np.asarray(y).astype(wide) - ref)
+    scale = np.maximum(np.abs(ref), wide.type(floor)).astype(dtype)
+    return (diff / np.spacing(scale).astype(wide)).astype(np.float64)
+
+
+def max_ulp(y, ref, dtype, floor: float = ULP_FLOOR) -> float:
+    e = ulp_error(y, ref, dtype, floor)
+    return float(e.max()) if e.size else 0.0
+
+
+def affine_ulp_error(y, x, normalized_shape, weight, bias, eps, dtype) -> np.ndarray:
+    """ulp error with the floor raised to the size of the addends |xhat·w| and |b|.
+
+    `xhat·w + b` can cancel, and then no method working in the storage type can
+    be accurate relative to the (small) result; it can be accurate relative to
+    the addends. Used for float64 with both weight and bias.
+    """
+    ref, _, _ = reference_layer_norm(x, normalized_shape, weight, None, eps)
+    yref, _, _ = reference_layer_norm(x, normalized_shape, weight, bias, eps)
+    wide = yref.dtype
+    b = np.zeros((), wide) if bias is None else np.asarray(bias).astype(dtype).astype(wide)
+    scale = np.maximum(np.maximum(np.abs(ref), np.abs(b)), wide.type(ULP_FLOOR))
+    diff = np.abs(np.asarray(y).astype(wide) - yref)
+    return (diff / np.spacing(scale.astype(dtype)).astype(wide)).astype(np.float64)
+
+
+def same_bits(a, b) -> bool:
+    """Bitwise equality of two arrays, dtype and shape included (NaNs compare by bits)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
