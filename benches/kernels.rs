@@ -3,6 +3,7 @@
 
 use _lnrs::kernels::element::Element;
 use _lnrs::kernels::layer_norm::{layer_norm_forward, Forward, Input};
+use _lnrs::kernels::layer_norm_backward::{layer_norm_backward, Backward};
 use _lnrs::kernels::simd::{supported_levels, Level};
 use _lnrs::parallel;
 use std::time::Instant;
@@ -40,22 +41,53 @@ fn forward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     })
 }
 
+fn backward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
+    let x: Vec<T> = (0..rows * cols)
+        .map(|i| T::from_f64(((i * 7919) % 1000) as f64 * 1e-3))
+        .collect();
+    let dy: Vec<T> = (0..rows * cols)
+        .map(|i| T::from_f64(((i * 104729) % 997) as f64 * 1e-3))
+        .collect();
+    let w = vec![T::from_f64(1.5); cols];
+    let mean = vec![T::Stat::from_f64(0.5); rows];
+    let rstd = vec![T::Stat::from_f64(3.4); rows];
+    let (mut dx, mut dw, mut db) = (
+        vec![T::ZERO; rows * cols],
+        vec![T::ZERO; cols],
+        vec![T::ZERO; cols],
+    );
+    let args = Backward {
+        dy: &dy,
+        x: &x,
+        mean: &mean,
+        rstd: &rstd,
+        cols,
+        weight: Some(&w),
+    };
+    let reps = (2e8 / (rows * cols) as f64).clamp(3.0, 200.0) as usize;
+    best_of(reps, || {
+        layer_norm_backward(level, args, &mut dx, &mut dw, &mut db).unwrap()
+    })
+}
+
 fn main() {
     let shapes = [(512, 768), (4096, 1024), (8192, 4096)];
     for threads in [1, parallel::num_threads()] {
         parallel::set_num_threads(threads).unwrap();
         for level in supported_levels() {
             for (rows, cols) in shapes {
-                for (name, size, t) in [
-                    ("f32", 4, forward::<f32>(level, rows, cols)),
-                    ("f64", 8, forward::<f64>(level, rows, cols)),
+                for (op, arrays, name, size, t) in [
+                    ("forward", 2, "f32", 4, forward::<f32>(level, rows, cols)),
+                    ("forward", 2, "f64", 8, forward::<f64>(level, rows, cols)),
+                    ("backward", 3, "f32", 4, backward::<f32>(level, rows, cols)),
+                    ("backward", 3, "f64", 8, backward::<f64>(level, rows, cols)),
                 ] {
                     let n = (rows * cols) as f64;
                     println!(
-                        "forward {name} {rows:>5}x{cols:<5} {level:<7} threads {threads}: {:8.3} ms {:6.3} ns/elem {:6.1} GB/s",
+                        "{op:<8} {name} {rows:>5}x{cols:<5} {level:<7} threads {threads}: {:8.3} ms {:6.3} ns/elem {:6.1} GB/s",
                         t * 1e3,
                         t * 1e9 / n,
-                        2.0 * size as f64 * n / t / 1e9
+                        (arrays * size) as f64 * n / t / 1e9
                     );
                 }
             }

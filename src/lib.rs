@@ -10,6 +10,7 @@ pub mod parallel;
 mod bindings {
     use crate::kernels::element::Element;
     use crate::kernels::layer_norm::{layer_norm_forward as forward_kernel, Forward, Input};
+    use crate::kernels::layer_norm_backward::{layer_norm_backward as backward_kernel, Backward};
     use crate::kernels::simd::{self, Level};
     use crate::kernels::KernelError;
     use crate::parallel;
@@ -125,6 +126,79 @@ mod bindings {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn backward_typed<'py, T>(
+        py: Python<'py>,
+        dy: &Bound<'py, PyAny>,
+        x: PyReadonlyArray2<'py, T>,
+        mean: &Bound<'py, PyAny>,
+        rstd: &Bound<'py, PyAny>,
+        weight: Option<&Bound<'py, PyAny>>,
+        dx: &Bound<'py, PyAny>,
+        dweight: &Bound<'py, PyAny>,
+        dbias: &Bound<'py, PyAny>,
+    ) -> PyResult<()>
+    where
+        T: Element + numpy::Element,
+        T::Stat: numpy::Element,
+    {
+        let contiguous = |name: &str| PyValueError::new_err(format!("{name} must be C-contiguous"));
+        let cols = x.shape()[1];
+        let dy: PyReadonlyArray2<'py, T> = dy.extract()?;
+        let mean: PyReadonlyArray1<'py, T::Stat> = mean.extract()?;
+        let rstd: PyReadonlyArray1<'py, T::Stat> = rstd.extract()?;
+        let w: Option<PyReadonlyArray1<'py, T>> = weight.map(|w| w.extract()).transpose()?;
+        let mut dx: PyReadwriteArray2<'py, T> = dx.extract()?;
+        let mut dw: PyReadwriteArray1<'py, T> = dweight.extract()?;
+        let mut db: PyReadwriteArray1<'py, T> = dbias.extract()?;
+        let args = Backward {
+            dy: dy.as_slice().map_err(|_| contiguous("dy"))?,
+            x: x.as_slice().map_err(|_| contiguous("x"))?,
+            mean: slice(&mean, "mean")?,
+            rstd: slice(&rstd, "rstd")?,
+            cols,
+            weight: w.as_ref().map(|w| slice(w, "weight")).transpose()?,
+        };
+        let dx = dx.as_slice_mut().map_err(|_| contiguous("dx"))?;
+        let dw = dw.as_slice_mut().map_err(|_| contiguous("dweight"))?;
+        let db = db.as_slice_mut().map_err(|_| contiguous("dbias"))?;
+        let level = simd::active();
+        let elements = args.x.len();
+        let mut run = move || backward_kernel(level, args, dx, dw, db);
+        let result = if elements >= DETACH_MIN_ELEMENTS {
+            py.detach(run)
+        } else {
+            run()
+        };
+        result.map_err(value_error)
+    }
+
+    /// Fill `dx` (2-D like `x`), `dweight` and `dbias` (1-D, one per column) from
+    /// `dy`, `x` and the forward pass's `mean`/`rstd`.
+    #[pyfunction]
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward<'py>(
+        py: Python<'py>,
+        dy: &Bound<'py, PyAny>,
+        x: &Bound<'py, PyAny>,
+        mean: &Bound<'py, PyAny>,
+        rstd: &Bound<'py, PyAny>,
+        weight: Option<&Bound<'py, PyAny>>,
+        dx: &Bound<'py, PyAny>,
+        dweight: &Bound<'py, PyAny>,
+        dbias: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        if let Ok(x) = x.extract::<PyReadonlyArray2<'py, f32>>() {
+            backward_typed(py, dy, x, mean, rstd, weight, dx, dweight, dbias)
+        } else if let Ok(x) = x.extract::<PyReadonlyArray2<'py, f64>>() {
+            backward_typed(py, dy, x, mean, rstd, weight, dx, dweight, dbias)
+        } else {
+            Err(PyTypeError::new_err(
+                "x must be a 2-D float32 or float64 array",
+            ))
+        }
+    }
+
     #[pyfunction]
     fn set_num_threads(n: usize) -> PyResult<()> {
         parallel::set_num_threads(n).map_err(PyValueError::new_err)
@@ -161,6 +235,7 @@ mod bindings {
     #[pymodule]
     fn _lnrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(layer_norm_forward, m)?)?;
+        m.add_function(wrap_pyfunction!(layer_norm_backward, m)?)?;
         m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
         m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
         m.add_function(wrap_pyfunction!(simd_level, m)?)?;

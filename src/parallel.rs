@@ -67,6 +67,15 @@ pub fn num_threads() -> usize {
     pool().current_num_threads()
 }
 
+/// The pool to use for `elements` of work over `rows` rows, or None to run
+/// inline on the calling thread.
+fn pool_for(rows: usize, elements: usize) -> Option<Arc<ThreadPool>> {
+    if elements <= INLINE_MAX_ELEMENTS || rows < 2 {
+        return None;
+    }
+    Some(pool()).filter(|p| p.current_num_threads() > 1)
+}
+
 /// Call `f(first_row, y_rows, a_rows, b_rows)` over contiguous blocks of rows,
 /// where `y` has `cols` elements per row and `a`, `b` one per row. Small work
 /// runs inline on the calling thread.
@@ -84,12 +93,7 @@ pub fn for_row_blocks<Y, A, B, F>(
     F: Fn(usize, &mut [Y], &mut [A], &mut [B]) + Sync,
 {
     let total = rows * cols;
-    let pool = if total <= INLINE_MAX_ELEMENTS || rows == 1 {
-        None
-    } else {
-        Some(pool())
-    };
-    let Some(pool) = pool.filter(|p| p.current_num_threads() > 1) else {
+    let Some(pool) = pool_for(rows, total) else {
         f(0, y, a, b);
         return;
     };
@@ -103,5 +107,50 @@ pub fn for_row_blocks<Y, A, B, F>(
             .zip(b.par_chunks_mut(block))
             .enumerate()
             .for_each(|(i, ((y, a), b))| f(i * block, y, a, b));
+    });
+}
+
+/// At most this many fixed blocks for reductions over rows.
+const MAX_FIXED_BLOCKS: usize = 64;
+
+/// Rows per block for a reduction over `rows × cols`: a function of the shape
+/// alone, never of the thread count, so that the partial sums, and the order
+/// they are merged in, are the same however many threads run.
+pub fn fixed_block_rows(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(MAX_FIXED_BLOCKS)
+        .max(MIN_TASK_ELEMENTS.div_ceil(cols.max(1)))
+        .clamp(1, rows.max(1))
+}
+
+/// Call `f(first_row, y_rows, partial)` for each block of `block_rows` rows, with
+/// `partial` that block's own `partial_len` slice of `partials`. Blocks run in
+/// parallel when the work is large enough, inline otherwise; either way each
+/// block computes the same values.
+pub fn for_fixed_blocks<Y, F>(
+    rows: usize,
+    cols: usize,
+    block_rows: usize,
+    y: &mut [Y],
+    partials: &mut [f64],
+    partial_len: usize,
+    f: F,
+) where
+    Y: Send,
+    F: Fn(usize, &mut [Y], &mut [f64]) + Sync,
+{
+    let Some(pool) = pool_for(rows, rows * cols) else {
+        let blocks = y
+            .chunks_mut(block_rows * cols)
+            .zip(partials.chunks_mut(partial_len));
+        blocks
+            .enumerate()
+            .for_each(|(i, (y, p))| f(i * block_rows, y, p));
+        return;
+    };
+    pool.install(|| {
+        y.par_chunks_mut(block_rows * cols)
+            .zip(partials.par_chunks_mut(partial_len))
+            .enumerate()
+            .for_each(|(i, (y, p))| f(i * block_rows, y, p));
     });
 }

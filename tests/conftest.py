@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import lnrs
 import numpy as np
 import pytest
-
-import lnrs
 
 
 @pytest.fixture

@@ -99,4 +99,8 @@ def affine_ulp_error(y, x, normalized_shape, weight, bias, eps, dtype) -> np.nda
 def same_bits(a, b) -> bool:
     """Bitwise equality of two arrays, dtype and shape included (NaNs compare by bits)."""
     a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    )

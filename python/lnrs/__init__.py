@@ -4,6 +4,7 @@ Functions
 ---------
 layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None)
 layer_norm_forward(...) -> (y, mean, rstd)
+layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None) -> (dx, dweight, dbias)
 set_num_threads(n), get_num_threads(), simd_level()
 
 Classes
@@ -18,7 +19,7 @@ LNRS_SIMD         force a lower SIMD level: scalar, avx2, avx512, neon
 
 from . import _config
 from ._config import get_num_threads, set_num_threads, simd_level
-from ._functional import layer_norm, layer_norm_forward
+from ._functional import layer_norm, layer_norm_backward, layer_norm_forward
 from ._lnrs import __version__
 from ._module import LayerNorm
 
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "get_num_threads",
     "layer_norm",
+    "layer_norm_backward",
     "layer_norm_forward",
     "set_num_threads",
     "simd_level",

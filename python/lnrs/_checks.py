@@ -12,26 +12,35 @@ from collections.abc import Sequence
 import numpy as np
 
 # Storage dtypes the native kernels take, and the dtype of their mean/rstd.
-STAT_DTYPE = {np.dtype(np.float32): np.dtype(np.float32), np.dtype(np.float64): np.dtype(np.float64)}
+STAT_DTYPE = {
+    np.dtype(np.float32): np.dtype(np.float32),
+    np.dtype(np.float64): np.dtype(np.float64),
+}
 
 
 def float_array(x, name: str) -> np.ndarray:
-    """`x` as an ndarray of a supported float dtype, without copying an ndarray."""
+    """`x` as an ndarray of a supported float dtype, without copying an ndarray
+    (unless its byte order is not the machine's)."""
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be an array of float32 or float64, got {type(x).__name__}: {e}") from None
+            raise TypeError(
+                f"{name} must be an array of float32 or float64, got {type(x).__name__}: {e}"
+            ) from None
     if x.dtype not in STAT_DTYPE:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+        native = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else None
+        if native not in STAT_DTYPE:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+        x = x.astype(native)
     return x
 
 
-def normalized_shape(shape, x: np.ndarray) -> tuple[int, ...]:
-    """`shape` as a tuple, checked to be the trailing dimensions of `x`."""
+def shape_tuple(shape) -> tuple[int, ...]:
+    """`normalized_shape` as a tuple of non-negative ints."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         dims = (operator.index(shape),)
-    elif isinstance(shape, Sequence) or isinstance(shape, np.ndarray):
+    elif isinstance(shape, (Sequence, np.ndarray)) and not isinstance(shape, str):
         try:
             dims = tuple(operator.index(d) for d in shape)
         except TypeError:
@@ -42,6 +51,14 @@ def normalized_shape(shape, x: np.ndarray) -> tuple[int, ...]:
         raise TypeError(
             f"normalized_shape must be an int or a sequence of ints, got {type(shape).__name__}"
         )
+    if any(d < 0 for d in dims):
+        raise ValueError(f"normalized_shape must hold sizes >= 0, got {dims}")
+    return dims
+
+
+def normalized_shape(shape, x: np.ndarray) -> tuple[int, ...]:
+    """`shape` as a tuple, checked to be the trailing dimensions of `x`."""
+    dims = shape_tuple(shape)
     if not dims:
         raise ValueError("normalized_shape must name at least one dimension, got ()")
     if len(dims) > x.ndim or x.shape[x.ndim - len(dims) :] != dims:
@@ -55,7 +72,10 @@ def normalized_shape(shape, x: np.ndarray) -> tuple[int, ...]:
 def eps_value(eps) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    value = float(eps)
+    try:
+        value = float(eps)
+    except OverflowError:
+        value = math.inf
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     return value
@@ -66,7 +86,10 @@ def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarra
     if p is None:
         return None
     if not isinstance(p, np.ndarray):
-        p = np.asarray(p)
+        try:
+            p = np.asarray(p)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be an array of real numbers: {e}") from None
     if p.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {p.dtype}")
     if p.shape != dims:
@@ -86,3 +109,26 @@ def out_array(out, x: np.ndarray, name: str = "out") -> np.ndarray:
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     return out
+
+
+def like_x(a, x: np.ndarray, name: str) -> np.ndarray:
+    """An input that must match `x` in shape and dtype (as `dy` does), C-contiguous."""
+    a = float_array(a, name)
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {a.shape}")
+    if a.dtype != x.dtype:
+        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def row_stat(a, name: str, lead: tuple[int, ...], x: np.ndarray) -> np.ndarray:
+    """A per-row statistic as `layer_norm_forward` returns it for `x`."""
+    dtype = STAT_DTYPE[x.dtype]
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+    if a.shape != lead or a.dtype != dtype:
+        raise ValueError(
+            f"{name} must have shape {lead} and dtype {dtype}, as layer_norm_forward returns "
+            f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
+        )
+    return np.ascontiguousarray(a).reshape(-1)

@@ -7,6 +7,9 @@ import os
 
 from . import _lnrs
 
+# More threads than this is a typo, not a machine.
+MAX_THREADS = 1 << 16
+
 
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads (>= 1) for large inputs from now on.
@@ -20,8 +23,8 @@ def set_num_threads(n: int) -> None:
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"n must be an int, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n must be between 1 and {MAX_THREADS}, got {n}")
     _lnrs.set_num_threads(n)
 
 
@@ -43,8 +46,10 @@ def from_environment() -> None:
             n = int(threads)
         except ValueError:
             n = 0
-        if n < 1:
-            raise ValueError(f"LNRS_NUM_THREADS must be an integer >= 1, got {threads!r}")
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(
+                f"LNRS_NUM_THREADS must be an integer between 1 and {MAX_THREADS}, got {threads!r}"
+            )
         _lnrs.set_num_threads(n)
     level = os.environ.get("LNRS_SIMD", "").strip().lower()
     if level:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _checks, _lnrs
@@ -58,6 +60,62 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     return _forward(x, normalized_shape, weight, bias, eps, out, stats=True)
 
 
+def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
+    """Gradients of :func:`layer_norm` with respect to ``x``, ``weight`` and ``bias``.
+
+    Parameters
+    ----------
+    dy : array_like
+        The gradient of the loss with respect to the output; ``x``'s shape and dtype.
+    x : array_like of float32 or float64
+        The forward pass's input.
+    mean, rstd : ndarray
+        As :func:`layer_norm_forward` returned them for ``x``.
+    normalized_shape : int or sequence of int
+    weight : array_like, optional
+        The forward pass's weight, of shape ``normalized_shape``.
+
+    Returns
+    -------
+    dx : ndarray
+        ``x``'s shape and dtype.
+    dweight, dbias : ndarray
+        Of shape ``normalized_shape`` and ``x``'s dtype; always returned. Without a
+        weight, ``dweight`` is what a weight of ones would get: ``Σ dy·xhat``.
+
+    Notes
+    -----
+    Matches autograd through ``torch.nn.functional.layer_norm``. One pass per row
+    reads ``x`` and ``dy`` and writes ``dx``; sums accumulate in float64 (compensated
+    for float64 input). ``mean`` serves as a shift that the kernel corrects by
+    ``Σ(x − mean)/n`` in the wide type, recovering the digits lost when the mean
+    was rounded to float32. ``dweight`` and ``dbias`` add the rows in fixed blocks
+    in a fixed order: bitwise the same for any thread count.
+    """
+    x = _checks.float_array(x, "x")
+    dims = _checks.normalized_shape(normalized_shape, x)
+    dy = _checks.like_x(dy, x, "dy")
+    lead = x.shape[: x.ndim - len(dims)]
+    mean = _checks.row_stat(mean, "mean", lead, x)
+    rstd = _checks.row_stat(rstd, "rstd", lead, x)
+    weight = _checks.parameter(weight, "weight", dims, x.dtype)
+    rows, cols = math.prod(lead), math.prod(dims)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    dweight = np.empty(dims, dtype=x.dtype)
+    dbias = np.empty(dims, dtype=x.dtype)
+    _lnrs.layer_norm_backward(
+        dy.reshape(rows, cols),
+        np.ascontiguousarray(x).reshape(rows, cols),
+        mean,
+        rstd,
+        weight,
+        dx.reshape(rows, cols),
+        dweight.reshape(-1),
+        dbias.reshape(-1),
+    )
+    return dx, dweight, dbias
+
+
 def _forward(x, normalized_shape, weight, bias, eps, out, *, stats):
     x = _checks.float_array(x, "x")
     dims = _checks.normalized_shape(normalized_shape, x)
@@ -65,14 +123,19 @@ def _forward(x, normalized_shape, weight, bias, eps, out, *, stats):
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     bias = _checks.parameter(bias, "bias", dims, x.dtype)
     lead = x.shape[: x.ndim - len(dims)]
-    rows = int(np.prod(lead, dtype=np.int64))
-    cols = int(np.prod(dims, dtype=np.int64))
+    rows = math.prod(lead)
+    cols = math.prod(dims)
 
     src = np.ascontiguousarray(x)
     if out is None:
         y = np.empty(x.shape, dtype=x.dtype)
     else:
         y = _checks.out_array(out, x)
+        # Parameters are read for every row: keep them out of the way of the output.
+        if weight is not None and np.may_share_memory(weight, y):
+            weight = weight.copy()
+        if bias is not None and np.may_share_memory(bias, y):
+            bias = bias.copy()
         if np.may_share_memory(src, y):
             if _same_memory(src, y):
                 src = None  # in place: the kernel reads each chunk before writing it

@@ -13,6 +13,16 @@ def layer_norm_forward(
     mean: np.ndarray | None = None,
     rstd: np.ndarray | None = None,
 ) -> None: ...
+def layer_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    weight: np.ndarray | None,
+    dx: np.ndarray,
+    dweight: np.ndarray,
+    dbias: np.ndarray,
+) -> None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def simd_level() -> str: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._functional import layer_norm
+from ._functional import layer_norm_backward, layer_norm_forward
 
 
 class LayerNorm:
@@ -23,26 +23,72 @@ class LayerNorm:
         Hold ``bias`` (when ``elementwise_affine``).
     dtype : float32 or float64, default float32
         The dtype of ``weight`` and ``bias``.
+
+    Training
+    --------
+    ``forward(x)`` (also ``layer(x)``) keeps ``x`` and the row statistics;
+    ``backward(dy)`` returns ``dx`` and adds the parameter gradients into
+    ``weight_grad`` and ``bias_grad`` (None until the first backward, as
+    ``torch``'s ``.grad``); ``zero_grad()`` resets them to None. Each forward
+    allows one backward, and ``x`` must not be modified in between.
     """
 
     def __init__(
         self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32
     ):
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            dtype = None
         if dtype not in _checks.STAT_DTYPE:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        probe = np.empty(_shape_tuple(normalized_shape), dtype=dtype)
-        self.normalized_shape = _checks.normalized_shape(normalized_shape, probe)
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        dims = _checks.shape_tuple(normalized_shape)
+        self.normalized_shape = _checks.normalized_shape(dims, np.empty(dims, dtype))
         self.eps = _checks.eps_value(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.weight = np.ones(self.normalized_shape, dtype) if self.elementwise_affine else None
         self.bias = (
             np.zeros(self.normalized_shape, dtype) if self.elementwise_affine and bias else None
         )
+        self.weight_grad = None
+        self.bias_grad = None
+        self._saved = None
 
-    def __call__(self, x, *, out=None):
-        """Normalise ``x``; see :func:`lnrs.layer_norm`."""
-        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
+    def forward(self, x, *, out=None):
+        """Normalise ``x`` (see :func:`lnrs.layer_norm`) and keep what backward needs."""
+        x = _checks.float_array(x, "x")
+        if out is not None and np.may_share_memory(x, out):
+            raise ValueError(
+                "out must not overlap x in LayerNorm.forward, which keeps x for backward; "
+                "use lnrs.layer_norm for in-place inference"
+            )
+        y, mean, rstd = layer_norm_forward(
+            x, self.normalized_shape, self.weight, self.bias, self.eps, out=out
+        )
+        self._saved = (x, mean, rstd)
+        return y
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """``dx`` for the last forward's input; adds into ``weight_grad``/``bias_grad``."""
+        if self._saved is None:
+            raise ValueError("backward needs a forward first (each forward allows one backward)")
+        x, mean, rstd = self._saved
+        dx, dweight, dbias = layer_norm_backward(
+            dy, x, mean, rstd, self.normalized_shape, self.weight
+        )
+        self._saved = None
+        if self.weight is not None:
+            self.weight_grad = _accumulate(self.weight_grad, dweight, self.weight.dtype)
+        if self.bias is not None:
+            self.bias_grad = _accumulate(self.bias_grad, dbias, self.bias.dtype)
+        return dx
+
+    def zero_grad(self):
+        """Forget the accumulated parameter gradients."""
+        self.weight_grad = None
+        self.bias_grad = None
 
     def __repr__(self):
         return (
@@ -51,16 +97,6 @@ class LayerNorm:
         )
 
 
-def _shape_tuple(shape):
-    """Enough of `normalized_shape` to build a probe array; full checks follow."""
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (shape,)
-    try:
-        dims = tuple(int(d) for d in shape)
-    except TypeError:
-        raise TypeError(
-            f"normalized_shape must be an int or a sequence of ints, got {shape!r}"
-        ) from None
-    if any(d < 0 for d in dims):
-        raise ValueError(f"normalized_shape must hold sizes >= 0, got {dims}")
-    return dims
+def _accumulate(total, grad, dtype):
+    grad = grad.astype(dtype, copy=False)  # fresh from backward: ours to keep
+    return grad if total is None else total + grad

@@ -6,6 +6,7 @@
 
 pub mod element;
 pub mod layer_norm;
+pub mod layer_norm_backward;
 pub mod simd;
 pub mod stats;
 

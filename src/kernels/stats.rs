@@ -18,7 +18,7 @@ pub const LANES: usize = 32;
 
 /// Rows of f64 storage are summed in blocks of this many lane steps before a
 /// block's partial sums are folded into the compensated totals.
-const BLOCK_STEPS: usize = 16;
+pub const BLOCK_STEPS: usize = 16;
 
 pub type Lanes = [f64; LANES];
 
@@ -134,7 +134,8 @@ fn shifted_sum<T: Element, const SCALED: bool>(x: &[T], scale: f64, k: f64) -> f
     reduce(acc)
 }
 
-/// (Σd, Σd²) with d = x·scale − m.
+/// (Σd, Σd²) with d = x·scale − m; for f64 storage Σd to about twice f64's
+/// precision and Σd² compensated block by block.
 #[inline(always)]
 fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> (f64, f64) {
     let load = |v: T| {
@@ -144,40 +145,55 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
             v.to_f64()
         }
     };
-    let step = |s1: &mut Lanes, s2: &mut Lanes, c: &[T]| {
-        for j in 0..c.len().min(LANES) {
-            let d = load(c[j]) - m;
-            s1[j] += d;
-            s2[j] += d * d;
-        }
-    };
     if T::WIDE {
         let (mut s1, mut s2) = ([0.0; LANES], [0.0; LANES]);
+        let step = |s1: &mut Lanes, s2: &mut Lanes, c: &[T]| {
+            for j in 0..c.len().min(LANES) {
+                let d = load(c[j]) - m;
+                s1[j] += d;
+                s2[j] += d * d;
+            }
+        };
         let chunks = x.chunks_exact(LANES);
         let rem = chunks.remainder();
         for c in chunks {
             step(&mut s1, &mut s2, c);
         }
         step(&mut s1, &mut s2, rem);
-        (reduce(s1), reduce(s2))
-    } else {
-        let (mut t1, mut t2) = (Compensated::default(), Compensated::default());
-        for block in x.chunks(LANES * BLOCK_STEPS) {
-            let (mut s1, mut s2) = ([0.0; LANES], [0.0; LANES]);
-            let chunks = block.chunks_exact(LANES);
-            let rem = chunks.remainder();
-            for c in chunks {
-                step(&mut s1, &mut s2, c);
-            }
-            step(&mut s1, &mut s2, rem);
-            t1.add(&s1);
-            t2.add(&s2);
-        }
-        (t1.total(), t2.total())
+        return (reduce(s1), reduce(s2));
     }
+    // Σd is what corrects the mean, so every addition is error-free: the lanes
+    // keep each difference's and each sum's rounding error (TwoSum) in `err`.
+    // Σd² only sets the variance and is folded block by block.
+    let step = |s1: &mut Lanes, s2: &mut Lanes, err: &mut Lanes, c: &[T]| {
+        for j in 0..c.len().min(LANES) {
+            let (d, e) = two_sum(load(c[j]), -m);
+            let (s, e1) = two_sum(s1[j], d);
+            s1[j] = s;
+            err[j] += e + e1;
+            s2[j] += d * d;
+        }
+    };
+    let mut t2 = Compensated::default();
+    let (mut s1, mut err) = ([0.0; LANES], [0.0; LANES]);
+    for block in x.chunks(LANES * BLOCK_STEPS) {
+        let mut s2 = [0.0; LANES];
+        let chunks = block.chunks_exact(LANES);
+        let rem = chunks.remainder();
+        for c in chunks {
+            step(&mut s1, &mut s2, &mut err, c);
+        }
+        step(&mut s1, &mut s2, &mut err, rem);
+        t2.add(&s2);
+    }
+    let mut t1 = Compensated::default();
+    t1.add(&s1);
+    t1.add(&err);
+    (t1.total(), t2.total())
 }
 
-/// (first mean, correction, variance) by the corrected two-pass scheme.
+/// (first mean, correction, variance) by the corrected two-pass scheme. The
+/// variance may come out slightly negative (or non-finite): see `non_negative`.
 #[inline(always)]
 fn two_pass<T: Element, const SCALED: bool>(x: &[T], scale: f64) -> (f64, f64, f64) {
     let k = if SCALED {
@@ -195,8 +211,7 @@ fn corrected<T: Element, const SCALED: bool>(x: &[T], scale: f64, m0: f64) -> (f
     let (s1, s2) = centred_sums::<T, SCALED>(x, scale, m0);
     let corr = s1 / n;
     // Σ(d − c)² = Σd² − n·c²; c is tiny next to the spread, so no cancellation.
-    let var = (s2 / n - corr * corr).max(0.0);
-    (m0, corr, var)
+    (m0, corr, s2 / n - corr * corr)
 }
 
 /// Narrow storage in one pass: `u = x − x[0]` is exact in f64, so Σu and Σu²
@@ -209,11 +224,21 @@ fn one_pass_wide<T: Element>(x: &[T]) -> (f64, f64, f64) {
     let k = x[0].to_f64();
     let (s1, s2) = centred_sums::<T, false>(x, 1.0, k);
     let corr = s1 / n;
-    let var = (s2 / n - corr * corr).max(0.0);
+    let var = s2 / n - corr * corr;
     if corr * corr > var * 1024.0 {
         return corrected::<T, false>(x, 1.0, k + corr);
     }
     (k, corr, var)
+}
+
+/// Clamp a rounding-negative variance to 0, keeping NaN (f64::max would not).
+#[inline(always)]
+fn non_negative(v: f64) -> f64 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
 /// Squares of f64 values below this would lose bits to underflow.
@@ -237,7 +262,7 @@ pub fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
             return stats;
         }
     }
-    let rstd = 1.0 / (var + eps).sqrt();
+    let rstd = 1.0 / (non_negative(var) + eps).sqrt();
     RowStats {
         shift: m0,
         corr,
@@ -267,6 +292,7 @@ fn rescaled_stats<T: Element>(x: &[T], eps: f64) -> Option<RowStats> {
     }
     let scale = pow2(-exponent(amax));
     let (m0, corr, var) = two_pass::<T, true>(x, scale);
+    let var = non_negative(var);
     let eps_scaled = eps * scale * scale;
     let rstd_scaled = 1.0 / (var + eps_scaled).sqrt();
     let rstd = if eps_scaled.is_finite() {
@@ -352,11 +378,36 @@ mod tests {
             assert!(rel < 1e-15, "scale {scale}: rstd {} rel {rel}", s.rstd);
             assert!((s.mean / (2.5 * scale) - 1.0).abs() < 1e-15);
         }
+        // Squares overflow while the mean is fine; any eps.
+        for eps in [0.0, 1e-5] {
+            let s = row_stats(&[1e200, -1e200], eps);
+            assert_eq!(s.mean, 0.0);
+            assert!(
+                (s.rstd * 1e200 - 1.0).abs() < 1e-15,
+                "eps {eps}: rstd {}",
+                s.rstd
+            );
+        }
         // Opposite extremes: the differences overflow without a rescale.
         let x = [f64::MAX, -f64::MAX];
         let s = row_stats(&x, 1e-5);
         assert_eq!(s.mean, 0.0);
         assert!((s.rstd * f64::MAX - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn f64_mean_is_exact_to_the_last_bit() {
+        // The exact mean 2.55999999999997385...: a plain f64 pass gets 2.5600000000000023.
+        let s = row_stats(&[-511.92f64, 517.04], 0.0);
+        assert_eq!(s.mean, 2.559999999999974);
+    }
+
+    #[test]
+    fn nan_rows_stay_nan() {
+        let s = row_stats(&[1.0f64, f64::NAN, 3.0], 1e-5);
+        assert!(s.mean.is_nan() && s.rstd.is_nan());
+        let s = row_stats(&[1.0f32, f32::INFINITY, 3.0], 1e-5);
+        assert!(s.rstd.is_nan());
     }
 
     #[test]
