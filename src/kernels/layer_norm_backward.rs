@@ -234,3 +234,151 @@ fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) 
     });
     totals.map(|t| t.total())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::layer_norm::{layer_norm_forward, Forward, Input};
+    use crate::kernels::simd::supported_levels;
+
+    fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                offset + ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 3.0
+            })
+            .collect()
+    }
+
+    type Grads<T> = (Vec<T>, Vec<T>, Vec<T>);
+
+    fn grads<T: Element>(
+        level: Level,
+        rows: usize,
+        cols: usize,
+        offset: f64,
+        weighted: bool,
+    ) -> Grads<T> {
+        let x: Vec<T> = data(rows * cols, 1, offset)
+            .into_iter()
+            .map(T::from_f64)
+            .collect();
+        let dy: Vec<T> = data(rows * cols, 2, 0.0)
+            .into_iter()
+            .map(T::from_f64)
+            .collect();
+        let w: Vec<T> = data(cols, 3, 1.0).into_iter().map(T::from_f64).collect();
+        let w = weighted.then_some(&w[..]);
+        let (mut y, mut mean, mut rstd) = (
+            vec![T::ZERO; rows * cols],
+            vec![T::Stat::ZERO; rows],
+            vec![T::Stat::ZERO; rows],
+        );
+        let fwd = Forward {
+            x: Input::Separate(&x),
+            cols,
+            weight: w,
+            bias: None,
+            eps: 1e-5,
+        };
+        layer_norm_forward(level, fwd, &mut y, &mut mean, &mut rstd).unwrap();
+        let (mut dx, mut dw, mut db) = (
+            vec![T::ZERO; rows * cols],
+            vec![T::ZERO; cols],
+            vec![T::ZERO; cols],
+        );
+        let args = Backward {
+            dy: &dy,
+            x: &x,
+            mean: &mean,
+            rstd: &rstd,
+            cols,
+            weight: w,
+        };
+        layer_norm_backward(level, args, &mut dx, &mut dw, &mut db).unwrap();
+        (dx, dw, db)
+    }
+
+    #[test]
+    fn every_level_matches_scalar() {
+        for cols in [1, 5, 32, 33, 300] {
+            for weighted in [false, true] {
+                let scalar32 = grads::<f32>(Level::Scalar, 9, cols, 3.0, weighted);
+                let scalar64 = grads::<f64>(Level::Scalar, 9, cols, 3.0, weighted);
+                for level in supported_levels() {
+                    assert_eq!(
+                        grads::<f32>(level, 9, cols, 3.0, weighted),
+                        scalar32,
+                        "{level} f32 cols {cols}"
+                    );
+                    assert_eq!(
+                        grads::<f64>(level, 9, cols, 3.0, weighted),
+                        scalar64,
+                        "{level} f64 cols {cols}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn column_sums_do_not_depend_on_the_thread_count() {
+        crate::parallel::set_num_threads(1).unwrap();
+        let one = grads::<f32>(Level::Scalar, 700, 129, 0.0, true);
+        crate::parallel::set_num_threads(3).unwrap();
+        let three = grads::<f32>(Level::Scalar, 700, 129, 0.0, true);
+        assert_eq!(one, three);
+    }
+
+    #[test]
+    fn gradient_of_offset_rows_matches_the_float64_formula() {
+        // f32 rows offset by 1e4: the f32-rounded mean is corrected in the kernel.
+        let (rows, cols) = (3, 200);
+        let (dx, dw, db) = grads::<f32>(Level::Scalar, rows, cols, 1.0e4, false);
+        let x: Vec<f64> = data(rows * cols, 1, 1.0e4)
+            .into_iter()
+            .map(|v| v as f32 as f64)
+            .collect();
+        let dy: Vec<f64> = data(rows * cols, 2, 0.0)
+            .into_iter()
+            .map(|v| v as f32 as f64)
+            .collect();
+        let (mut want_dw, mut want_db) = (vec![0.0; cols], vec![0.0; cols]);
+        for r in 0..rows {
+            let (x, dy) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
+            let n = cols as f64;
+            let mean = x.iter().sum::<f64>() / n;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+            // The rstd the kernel is given: rounded to f32 by the forward pass.
+            let rstd = (1.0 / (var + 1e-5).sqrt()) as f32 as f64;
+            let xhat: Vec<f64> = x.iter().map(|v| (v - mean) * rstd).collect();
+            let a = dy.iter().sum::<f64>() / n;
+            let b = dy.iter().zip(&xhat).map(|(g, h)| g * h).sum::<f64>() / n;
+            for j in 0..cols {
+                let want = rstd * (dy[j] - a - xhat[j] * b);
+                let got = dx[r * cols + j] as f64;
+                assert!(
+                    (got - want).abs()
+                        <= 2.0 * f32::EPSILON as f64 * want.abs().max(2f64.powi(-10)),
+                    "{got} vs {want}"
+                );
+                want_dw[j] += dy[j] * xhat[j];
+                want_db[j] += dy[j];
+            }
+        }
+        for j in 0..cols {
+            assert!((dw[j] as f64 - want_dw[j]).abs() <= 1e-6 * want_dw[j].abs().max(1.0));
+            assert_eq!(db[j], want_db[j] as f32);
+        }
+    }
+
+    #[test]
+    fn one_element_rows_have_zero_dx() {
+        let (dx, _, db) = grads::<f64>(Level::Scalar, 4, 1, 5.0, true);
+        assert!(dx.iter().all(|&v| v == 0.0));
+        assert_eq!(db.len(), 1);
+    }
+}
