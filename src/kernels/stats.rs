@@ -241,6 +241,25 @@ fn non_negative(v: f64) -> f64 {
     }
 }
 
+/// `1/sqrt(a + b)` to within about half an ulp: `1/sqrt` of the rounded sum
+/// errs by up to ~1.5 ulp, so one Newton step follows, its residual
+/// `1 − (a + b)·r²` formed exactly with FMA (always correctly rounded, so every
+/// SIMD level gets the same bits). Once per row: the cost does not matter.
+#[inline(always)]
+fn inv_sqrt_sum(a: f64, b: f64) -> f64 {
+    let (v, v_lo) = two_sum(a, b);
+    let r = 1.0 / v.sqrt();
+    if !(r.is_finite() && r > 0.0 && v.is_normal()) {
+        return r;
+    }
+    let p = r * r;
+    let p_lo = r.mul_add(r, -p);
+    let q = v * p;
+    let q_lo = v.mul_add(p, -q);
+    let residual = ((1.0 - q) - q_lo) - (v * p_lo + v_lo * p);
+    r + (0.5 * r) * residual
+}
+
 /// Squares of f64 values below this would lose bits to underflow.
 const TINY_SQUARES: f64 = 1.0e-280;
 
@@ -262,7 +281,7 @@ pub fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
             return stats;
         }
     }
-    let rstd = 1.0 / (non_negative(var) + eps).sqrt();
+    let rstd = inv_sqrt_sum(non_negative(var), eps);
     RowStats {
         shift: m0,
         corr,
@@ -294,7 +313,7 @@ fn rescaled_stats<T: Element>(x: &[T], eps: f64) -> Option<RowStats> {
     let (m0, corr, var) = two_pass::<T, true>(x, scale);
     let var = non_negative(var);
     let eps_scaled = eps * scale * scale;
-    let rstd_scaled = 1.0 / (var + eps_scaled).sqrt();
+    let rstd_scaled = inv_sqrt_sum(var, eps_scaled);
     let rstd = if eps_scaled.is_finite() {
         rstd_scaled * scale
     } else {
