@@ -5,6 +5,7 @@ use _lnrs::kernels::element::Element;
 use _lnrs::kernels::layer_norm::{layer_norm_forward, Forward, Input};
 use _lnrs::kernels::layer_norm_backward::{layer_norm_backward, Backward};
 use _lnrs::kernels::simd::{supported_levels, Level};
+use _lnrs::kernels::triad::triad;
 use _lnrs::parallel;
 use std::time::Instant;
 
@@ -70,12 +71,25 @@ fn backward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     })
 }
 
+fn limit<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
+    let x: Vec<T> = (0..rows * cols)
+        .map(|i| T::from_f64(i as f64 * 1e-3))
+        .collect();
+    let mut y = vec![T::ZERO; rows * cols];
+    let reps = (2e8 / (rows * cols) as f64).clamp(3.0, 200.0) as usize;
+    best_of(reps, || triad(level, &x, &mut y, cols, 1.5, 0.25).unwrap())
+}
+
 fn main() {
     let shapes = [(512, 768), (4096, 1024), (8192, 4096)];
     for threads in [1, parallel::num_threads()] {
         parallel::set_num_threads(threads).unwrap();
         for level in supported_levels() {
             for (rows, cols) in shapes {
+                let triads = [
+                    limit::<f32>(level, rows, cols),
+                    limit::<f64>(level, rows, cols),
+                ];
                 for (op, arrays, name, size, t) in [
                     ("forward", 2, "f32", 4, forward::<f32>(level, rows, cols)),
                     ("forward", 2, "f64", 8, forward::<f64>(level, rows, cols)),
@@ -83,11 +97,15 @@ fn main() {
                     ("backward", 3, "f64", 8, backward::<f64>(level, rows, cols)),
                 ] {
                     let n = (rows * cols) as f64;
+                    let gbs = (arrays * size) as f64 * n / t / 1e9;
+                    // The triad moves 2 arrays; its GB/s is the limit for any count.
+                    let triad = triads[size / 8];
+                    let limit_gbs = (2 * size) as f64 * n / triad / 1e9;
                     println!(
-                        "{op:<8} {name} {rows:>5}x{cols:<5} {level:<7} threads {threads}: {:8.3} ms {:6.3} ns/elem {:6.1} GB/s",
+                        "{op:<8} {name} {rows:>5}x{cols:<5} {level:<7} threads {threads}: {:8.3} ms {:6.3} ns/elem {gbs:6.1} GB/s  {:4.2} of triad ({limit_gbs:.1} GB/s)",
                         t * 1e3,
                         t * 1e9 / n,
-                        (arrays * size) as f64 * n / t / 1e9
+                        gbs / limit_gbs
                     );
                 }
             }

@@ -12,6 +12,7 @@ mod bindings {
     use crate::kernels::layer_norm::{layer_norm_forward as forward_kernel, Forward, Input};
     use crate::kernels::layer_norm_backward::{layer_norm_backward as backward_kernel, Backward};
     use crate::kernels::simd::{self, Level};
+    use crate::kernels::triad::triad as triad_kernel;
     use crate::kernels::KernelError;
     use crate::parallel;
     use numpy::{
@@ -199,6 +200,47 @@ mod bindings {
         }
     }
 
+    fn triad_typed<'py, T: Element + numpy::Element>(
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, T>,
+        y: &Bound<'py, PyAny>,
+        a: f64,
+        b: f64,
+    ) -> PyResult<()> {
+        let cols = x.shape()[1];
+        let mut y: PyReadwriteArray2<'py, T> = y.extract()?;
+        let x = x
+            .as_slice()
+            .map_err(|_| PyValueError::new_err("x must be C-contiguous"))?;
+        let y = y
+            .as_slice_mut()
+            .map_err(|_| PyValueError::new_err("y must be C-contiguous"))?;
+        let level = simd::active();
+        py.detach(move || triad_kernel(level, x, y, cols, a, b))
+            .map_err(value_error)
+    }
+
+    /// `y = a·x + b` over 2-D C-contiguous arrays of one dtype, with the threads,
+    /// row split and store policy of the forward pass: the bandwidth limit.
+    #[pyfunction]
+    fn triad<'py>(
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        y: &Bound<'py, PyAny>,
+        a: f64,
+        b: f64,
+    ) -> PyResult<()> {
+        if let Ok(x) = x.extract::<PyReadonlyArray2<'py, f32>>() {
+            triad_typed(py, x, y, a, b)
+        } else if let Ok(x) = x.extract::<PyReadonlyArray2<'py, f64>>() {
+            triad_typed(py, x, y, a, b)
+        } else {
+            Err(PyTypeError::new_err(
+                "x must be a 2-D float32 or float64 array",
+            ))
+        }
+    }
+
     #[pyfunction]
     fn set_num_threads(n: usize) -> PyResult<()> {
         parallel::set_num_threads(n).map_err(PyValueError::new_err)
@@ -236,6 +278,7 @@ mod bindings {
     fn _lnrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(layer_norm_forward, m)?)?;
         m.add_function(wrap_pyfunction!(layer_norm_backward, m)?)?;
+        m.add_function(wrap_pyfunction!(triad, m)?)?;
         m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
         m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
         m.add_function(wrap_pyfunction!(simd_level, m)?)?;

@@ -97,16 +97,39 @@ pub fn for_row_blocks<Y, A, B, F>(
         f(0, y, a, b);
         return;
     };
-    let tasks = (pool.current_num_threads() * TASKS_PER_THREAD)
-        .min(total.div_ceil(MIN_TASK_ELEMENTS))
-        .clamp(1, rows);
-    let block = rows.div_ceil(tasks);
+    let block = rows_per_task(&pool, rows, total);
     pool.install(|| {
         y.par_chunks_mut(block * cols)
             .zip(a.par_chunks_mut(block))
             .zip(b.par_chunks_mut(block))
             .enumerate()
             .for_each(|(i, ((y, a), b))| f(i * block, y, a, b));
+    });
+}
+
+/// Rows per parallel task: enough tasks to balance the threads, none tiny.
+fn rows_per_task(pool: &ThreadPool, rows: usize, total: usize) -> usize {
+    let tasks = (pool.current_num_threads() * TASKS_PER_THREAD)
+        .min(total.div_ceil(MIN_TASK_ELEMENTS))
+        .clamp(1, rows);
+    rows.div_ceil(tasks)
+}
+
+/// `for_row_blocks` for an output alone.
+pub fn for_rows<Y, F>(rows: usize, cols: usize, y: &mut [Y], f: F)
+where
+    Y: Send,
+    F: Fn(usize, &mut [Y]) + Sync,
+{
+    let Some(pool) = pool_for(rows, rows * cols) else {
+        f(0, y);
+        return;
+    };
+    let block = rows_per_task(&pool, rows, rows * cols);
+    pool.install(|| {
+        y.par_chunks_mut(block * cols)
+            .enumerate()
+            .for_each(|(i, y)| f(i * block, y));
     });
 }
 

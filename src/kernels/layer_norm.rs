@@ -3,6 +3,7 @@
 use super::element::{widen, Element};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{row_stats, RowStats, LANES};
+use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
 use crate::parallel;
 
@@ -61,6 +62,7 @@ pub fn layer_norm_forward<T: Element>(
         rstd.fill(T::Stat::from_f64(f64::NAN));
         return Ok(());
     }
+    let stream = worth_streaming(std::mem::size_of_val(y));
     // Converted once per call, not once per row.
     let weight = weight.map(widen);
     let bias = bias.map(widen);
@@ -79,6 +81,7 @@ pub fn layer_norm_forward<T: Element>(
                 w,
                 b,
                 eps,
+                stream,
                 y,
                 mean,
                 rstd,
@@ -108,6 +111,7 @@ struct RowBlock<'a, T: Element> {
     w: &'a [f64],
     b: &'a [f64],
     eps: f64,
+    stream: bool,
     y: &'a mut [T],
     mean: &'a mut [T::Stat],
     rstd: &'a mut [T::Stat],
@@ -119,35 +123,49 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
     #[inline(always)]
     fn run(self) {
         let RowBlock {
-            x, cols, w, b, eps, ..
+            x,
+            cols,
+            w,
+            b,
+            eps,
+            stream,
+            ..
         } = self;
         for (r, y) in self.y.chunks_exact_mut(cols).enumerate() {
             let stats = match x {
                 Input::Separate(x) => {
                     let x = &x[r * cols..(r + 1) * cols];
                     let stats = row_stats(x, eps);
-                    normalise_row(Some(x), y, &stats, w, b);
+                    normalise_row(Some(x), y, &stats, w, b, stream);
                     stats
                 }
                 Input::InPlace => {
                     let stats = row_stats(y, eps);
-                    normalise_row(None, y, &stats, w, b);
+                    normalise_row(None, y, &stats, w, b, stream);
                     stats
                 }
             };
             self.mean[r] = T::Stat::from_f64(stats.mean);
             self.rstd[r] = T::Stat::from_f64(stats.rstd);
         }
+        fence(stream);
     }
 }
 
 #[inline(always)]
-fn normalise_row<T: Element>(x: Option<&[T]>, y: &mut [T], s: &RowStats, w: &[f64], b: &[f64]) {
+fn normalise_row<T: Element>(
+    x: Option<&[T]>,
+    y: &mut [T],
+    s: &RowStats,
+    w: &[f64],
+    b: &[f64],
+    stream: bool,
+) {
     match (w.is_empty(), b.is_empty(), s.scale == 1.0) {
-        (false, false, true) => normalise::<T, true, true, false>(x, y, s, w, b),
-        (false, true, true) => normalise::<T, true, false, false>(x, y, s, w, b),
-        (true, false, true) => normalise::<T, false, true, false>(x, y, s, w, b),
-        (true, true, true) => normalise::<T, false, false, false>(x, y, s, w, b),
+        (false, false, true) => normalise::<T, true, true, false>(x, y, s, w, b, stream),
+        (false, true, true) => normalise::<T, true, false, false>(x, y, s, w, b, stream),
+        (true, false, true) => normalise::<T, false, true, false>(x, y, s, w, b, stream),
+        (true, true, true) => normalise::<T, false, false, false>(x, y, s, w, b, stream),
         _ => normalise_rescaled(x, y, s, w, b),
     }
 }
@@ -162,15 +180,17 @@ fn normalise_rescaled<T: Element>(
     b: &[f64],
 ) {
     match (w.is_empty(), b.is_empty()) {
-        (false, false) => normalise::<T, true, true, true>(x, y, s, w, b),
-        (false, true) => normalise::<T, true, false, true>(x, y, s, w, b),
-        (true, false) => normalise::<T, false, true, true>(x, y, s, w, b),
-        (true, true) => normalise::<T, false, false, true>(x, y, s, w, b),
+        (false, false) => normalise::<T, true, true, true>(x, y, s, w, b, false),
+        (false, true) => normalise::<T, true, false, true>(x, y, s, w, b, false),
+        (true, false) => normalise::<T, false, true, true>(x, y, s, w, b, false),
+        (true, true) => normalise::<T, false, false, true>(x, y, s, w, b, false),
     }
 }
 
 /// One row, LANES elements at a time. Each chunk is read whole before it is
 /// written, so `x = None` (read from `y`) is the same computation in place.
+/// With `stream`, a short unaligned head goes first so that the full chunks
+/// can be streamed.
 #[inline(always)]
 fn normalise<T: Element, const W: bool, const B: bool, const SCALED: bool>(
     x: Option<&[T]>,
@@ -178,10 +198,13 @@ fn normalise<T: Element, const W: bool, const B: bool, const SCALED: bool>(
     s: &RowStats,
     w: &[f64],
     b: &[f64],
+    stream: bool,
 ) {
     let n = y.len();
-    let full = n - n % LANES;
-    let mut i = 0;
+    let head = if stream { unaligned_head(y) } else { 0 };
+    let full = head + (n - head) / LANES * LANES;
+    partial::<T, W, B, SCALED>(x, y, 0..head, s, w, b);
+    let mut i = head;
     while i < full {
         let src = match x {
             Some(x) => &x[i..i + LANES],
@@ -193,23 +216,37 @@ fn normalise<T: Element, const W: bool, const B: bool, const SCALED: bool>(
             &w[if W { i..i + LANES } else { 0..0 }],
             &b[if B { i..i + LANES } else { 0..0 }],
         );
-        y[i..i + LANES].copy_from_slice(&out);
+        store_chunk(&mut y[i..i + LANES], &out, stream);
         i += LANES;
     }
-    if full < n {
-        let r = n - full;
-        let mut xs = [T::ZERO; LANES];
-        xs[..r].copy_from_slice(&x.unwrap_or(y)[full..]);
-        let (mut ws, mut bs) = ([0.0; LANES], [0.0; LANES]);
-        if W {
-            ws[..r].copy_from_slice(&w[full..]);
-        }
-        if B {
-            bs[..r].copy_from_slice(&b[full..]);
-        }
-        let out = chunk::<T, W, B, SCALED>(&xs, s, &ws, &bs);
-        y[full..].copy_from_slice(&out[..r]);
+    partial::<T, W, B, SCALED>(x, y, full..n, s, w, b);
+}
+
+/// Fewer than LANES elements, through a zero-padded chunk.
+#[inline(always)]
+fn partial<T: Element, const W: bool, const B: bool, const SCALED: bool>(
+    x: Option<&[T]>,
+    y: &mut [T],
+    range: std::ops::Range<usize>,
+    s: &RowStats,
+    w: &[f64],
+    b: &[f64],
+) {
+    let r = range.len();
+    if r == 0 {
+        return;
     }
+    let mut xs = [T::ZERO; LANES];
+    xs[..r].copy_from_slice(&x.unwrap_or(y)[range.clone()]);
+    let (mut ws, mut bs) = ([0.0; LANES], [0.0; LANES]);
+    if W {
+        ws[..r].copy_from_slice(&w[range.clone()]);
+    }
+    if B {
+        bs[..r].copy_from_slice(&b[range.clone()]);
+    }
+    let out = chunk::<T, W, B, SCALED>(&xs, s, &ws, &bs);
+    y[range].copy_from_slice(&out[..r]);
 }
 
 #[inline(always)]

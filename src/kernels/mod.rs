@@ -9,6 +9,8 @@ pub mod layer_norm;
 pub mod layer_norm_backward;
 pub mod simd;
 pub mod stats;
+pub mod stream;
+pub mod triad;
 
 use std::fmt;
 
