@@ -104,3 +104,57 @@ def same_bits(a, b) -> bool:
         and a.shape == b.shape
         and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
     )
+
+
+def reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps: float = 1e-5):
+    """Exact-to-the-wide-type gradients of `sum(layer_norm(x, ...) * dy)`.
+
+    Returns `(dx, dweight, dbias, scales)` in the wide type: `dx` of x's shape,
+    `dweight`/`dbias` of shape `normalized_shape` (without a weight, `dweight` is
+    what a weight of ones gets), and `scales`, a dict of the magnitudes the
+    results are sums of, for error bounds that survive cancellation:
+    `dx` -> `rstd·(|g| + mean|g| + |xhat|·mean|g·xhat|)` per element (each of
+    `g`, `mean(g)` and `mean(g·xhat)` is rounded relative to those magnitudes
+    before any cancellation),
+    `dweight` -> `Σ_rows |dy·xhat|`, `dbias` -> `Σ_rows |dy|` per column.
+    Statistics are the exact ones of `x` (not a rounded mean/rstd).
+    """
+    x = np.asarray(x)
+    dims = (normalized_shape,) if np.ndim(normalized_shape) == 0 else tuple(normalized_shape)
+    wide = wide_dtype(x.dtype)
+    _, rstd, d = reference_stats(x, len(dims), eps)
+    rstd = rstd.reshape(-1)[:, None]
+    n = wide.type(d.shape[1])
+    dyr = rows_view(np.asarray(dy).astype(x.dtype), len(dims)).astype(wide)
+    if weight is None:
+        g = dyr
+    else:
+        g = dyr * np.asarray(weight).astype(x.dtype).astype(wide).reshape(-1)
+    xhat = d * rstd
+    a = g.sum(axis=1, dtype=wide)[:, None] / n
+    b = (g * xhat).sum(axis=1, dtype=wide)[:, None] / n
+    dx = rstd * ((g - a) - xhat * b)
+    abs_a = np.abs(g).sum(axis=1, dtype=wide)[:, None] / n
+    abs_b = np.abs(g * xhat).sum(axis=1, dtype=wide)[:, None] / n
+    dweight = (dyr * xhat).sum(axis=0, dtype=wide)
+    dbias = dyr.sum(axis=0, dtype=wide)
+    scales = {
+        "dx": (rstd * (np.abs(g) + abs_a + np.abs(xhat) * abs_b)).reshape(x.shape),
+        "dweight": np.abs(dyr * xhat).sum(axis=0, dtype=wide).reshape(dims),
+        "dbias": np.abs(dyr).sum(axis=0, dtype=wide).reshape(dims),
+    }
+    return dx.reshape(x.shape), dweight.reshape(dims), dbias.reshape(dims), scales
+
+
+def scaled_ulp_error(y, ref, scale, dtype) -> np.ndarray:
+    """|y - ref| in units of the spacing of `dtype` at `scale` (floored at ULP_FLOOR).
+
+    For results that are sums or differences of several terms, `scale` is the
+    size of those terms: cancellation then costs nothing in the bound.
+    """
+    dtype = np.dtype(dtype)
+    ref = np.asarray(ref)
+    wide = ref.dtype
+    diff = np.abs(np.asarray(y).astype(wide) - ref)
+    s = np.maximum(np.abs(np.asarray(scale)).astype(wide), wide.type(ULP_FLOOR))
+    return (diff / np.spacing(s.astype(dtype)).astype(wide)).astype(np.float64)

@@ -23,7 +23,7 @@ pub fn worth_streaming(bytes: usize) -> bool {
 pub fn unaligned_head<T>(dst: &[T]) -> usize {
     let size = std::mem::size_of::<T>();
     let misalign = dst.as_ptr() as usize % 16;
-    if misalign == 0 || misalign % size != 0 {
+    if misalign == 0 || !misalign.is_multiple_of(size) {
         return 0;
     }
     ((16 - misalign) / size).min(dst.len())
@@ -34,10 +34,10 @@ pub fn unaligned_head<T>(dst: &[T]) -> usize {
 #[inline(always)]
 pub fn store_chunk<T: Copy>(dst: &mut [T], src: &[T; LANES], stream: bool) {
     #[cfg(target_arch = "x86_64")]
-    if stream && dst.as_ptr() as usize % 16 == 0 {
+    if stream && (dst.as_ptr() as usize).is_multiple_of(16) {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
         let bytes = std::mem::size_of_val(src);
-        assert!(dst.len() == LANES && bytes % 16 == 0);
+        assert!(dst.len() == LANES && bytes.is_multiple_of(16));
         let (s, d) = (
             src.as_ptr() as *const __m128i,
             dst.as_mut_ptr() as *mut __m128i,

@@ -30,7 +30,7 @@ pub fn triad<T: Element>(
     if cols == 0 || x.is_empty() {
         return Ok(());
     }
-    if x.len() % cols != 0 {
+    if !x.len().is_multiple_of(cols) {
         return Err(KernelError::Length {
             name: "x",
             expected: x.len() / cols * cols,
