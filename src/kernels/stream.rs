@@ -73,19 +73,19 @@ mod tests {
     #[test]
     fn streamed_and_plain_stores_write_the_same() {
         let src: [f32; LANES] = std::array::from_fn(|i| i as f32 * 0.5);
-        let mut buf = vec![0.0f32; LANES + 8];
+        let mut buf = [0.0f32; LANES + 8];
         let start = unaligned_head(&buf[..]);
         store_chunk(&mut buf[start..start + LANES], &src, true);
         fence(true);
         assert_eq!(buf[start..start + LANES], src);
-        let mut plain = vec![0.0f32; LANES];
+        let mut plain = [0.0f32; LANES];
         store_chunk(&mut plain, &src, false);
         assert_eq!(plain[..], src);
     }
 
     #[test]
     fn unaligned_head_reaches_alignment() {
-        let buf = vec![0.0f64; 16];
+        let buf = [0.0f64; 16];
         for off in 0..4 {
             let s = &buf[off..];
             let h = unaligned_head(s);
