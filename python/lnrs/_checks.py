@@ -82,7 +82,7 @@ def eps_value(eps) -> float:
 
 
 def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-    """A weight or bias as a flat C-contiguous array of `dtype`, or None."""
+    """A weight or bias as a C-contiguous array of `dtype` and shape `dims`, or None."""
     if p is None:
         return None
     if not isinstance(p, np.ndarray):
@@ -94,7 +94,7 @@ def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarra
         raise TypeError(f"{name} must hold real numbers, got dtype {p.dtype}")
     if p.shape != dims:
         raise ValueError(f"{name} must have shape {dims} (normalized_shape), got {p.shape}")
-    return np.ascontiguousarray(p, dtype=dtype).reshape(-1)
+    return np.ascontiguousarray(p, dtype=dtype)
 
 
 def out_array(out, x: np.ndarray, name: str = "out") -> np.ndarray:
@@ -125,7 +125,10 @@ def row_stat(a, name: str, lead: tuple[int, ...], x: np.ndarray) -> np.ndarray:
     """A per-row statistic as `layer_norm_forward` returns it for `x`."""
     dtype = STAT_DTYPE[x.dtype]
     if not isinstance(a, np.ndarray):
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must be an array as layer_norm_forward returns: {e}") from None
     if a.shape != lead or a.dtype != dtype:
         raise ValueError(
             f"{name} must have shape {lead} and dtype {dtype}, as layer_norm_forward returns "

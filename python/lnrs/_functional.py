@@ -42,7 +42,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     offset data loses nothing. A constant row gives exactly ``bias``. Results are
     bitwise the same whatever the thread count or batch.
     """
-    return _forward(x, normalized_shape, weight, bias, eps, out, stats=False)[0]
+    y = _lnrs.layer_norm_forward(x, normalized_shape, weight, bias, eps, out, False)
+    if y is None:
+        y = _forward(x, normalized_shape, weight, bias, eps, out, stats=False)
+    return y
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None):
@@ -57,7 +60,10 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
         ``1 / sqrt(var + eps)``; float32 for float32 input, float64 for float64.
         :func:`layer_norm_backward` takes them.
     """
-    return _forward(x, normalized_shape, weight, bias, eps, out, stats=True)
+    result = _lnrs.layer_norm_forward(x, normalized_shape, weight, bias, eps, out, True)
+    if result is None:
+        result = _forward(x, normalized_shape, weight, bias, eps, out, stats=True)
+    return result
 
 
 def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
@@ -108,7 +114,7 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
         np.ascontiguousarray(x).reshape(rows, cols),
         mean,
         rstd,
-        weight,
+        None if weight is None else weight.reshape(-1),
         dx.reshape(rows, cols),
         dweight.reshape(-1),
         dbias.reshape(-1),
@@ -117,43 +123,29 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
 
 
 def _forward(x, normalized_shape, weight, bias, eps, out, *, stats):
+    """The general path: check and convert every argument into the form the
+    native fast path takes, then call it (it declined the arguments as given)."""
     x = _checks.float_array(x, "x")
     dims = _checks.normalized_shape(normalized_shape, x)
     eps = _checks.eps_value(eps)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     bias = _checks.parameter(bias, "bias", dims, x.dtype)
-    lead = x.shape[: x.ndim - len(dims)]
-    rows = math.prod(lead)
-    cols = math.prod(dims)
-
     src = np.ascontiguousarray(x)
-    if out is None:
-        y = np.empty(x.shape, dtype=x.dtype)
-    else:
-        y = _checks.out_array(out, x)
+    if out is not None:
+        out = _checks.out_array(out, x)
         # Parameters are read for every row: keep them out of the way of the output.
-        if weight is not None and np.may_share_memory(weight, y):
+        if weight is not None and np.may_share_memory(weight, out):
             weight = weight.copy()
-        if bias is not None and np.may_share_memory(bias, y):
+        if bias is not None and np.may_share_memory(bias, out):
             bias = bias.copy()
-        if np.may_share_memory(src, y):
-            if _same_memory(src, y):
-                src = None  # in place: the kernel reads each chunk before writing it
-            else:
-                src = src.copy()
-    stat_dtype = _checks.STAT_DTYPE[x.dtype]
-    mean = np.empty(lead, dtype=stat_dtype) if stats else None
-    rstd = np.empty(lead, dtype=stat_dtype) if stats else None
-    _lnrs.layer_norm_forward(
-        None if src is None else src.reshape(rows, cols),
-        y.reshape(rows, cols),
-        weight,
-        bias,
-        eps,
-        None if mean is None else mean.reshape(-1),
-        None if rstd is None else rstd.reshape(-1),
-    )
-    return y, mean, rstd
+        if np.may_share_memory(src, out):
+            # Exactly the same elements: in place, which the kernel handles
+            # (it reads each chunk before writing it). Otherwise a copy.
+            src = out if _same_memory(src, out) else src.copy()
+    result = _lnrs.layer_norm_forward(src, dims, weight, bias, eps, out, stats)
+    if result is None:
+        raise AssertionError("lnrs: the native fast path declined checked arguments")
+    return result
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:

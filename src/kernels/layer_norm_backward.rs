@@ -42,7 +42,11 @@ pub fn layer_norm_backward<T: Element>(
         cols,
         weight,
     } = args;
-    let rows = mean.len();
+    let rows = if cols == 0 {
+        mean.len()
+    } else {
+        x.len() / cols
+    };
     let check = |name: &'static str, got: usize, expected: usize| {
         if got == expected {
             Ok(())
@@ -55,6 +59,7 @@ pub fn layer_norm_backward<T: Element>(
         }
     };
     check("x", x.len(), rows * cols)?;
+    check("mean", mean.len(), rows)?;
     check("dy", dy.len(), rows * cols)?;
     check("dx", dx.len(), rows * cols)?;
     check("rstd", rstd.len(), rows)?;
@@ -199,30 +204,43 @@ fn backward_row<T: Element, const W: bool>(
     });
 }
 
-/// [Σu, Σg, Σg·u] for one row; compensated in blocks for f64 storage.
+/// [Σu, Σg, Σg·u] for one row. For f64 storage Σu corrects the mean, so it is
+/// kept error-free as the forward statistics keep Σd (each difference's and each
+/// addition's rounding error, by TwoSum, in `err`), and the other two sums are
+/// compensated block by block.
 #[inline(always)]
 fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) -> [f64; 3] {
-    let step = |acc: &mut [Lanes; 3], o: usize, m: usize| {
+    let step = |acc: &mut [Lanes; 3], err: &mut Lanes, o: usize, m: usize| {
         let (x, dy) = (&x[o..o + m], &dy[o..o + m]);
         let w = if W { &w[o..o + m] } else { &[][..] };
         for j in 0..m {
-            let u = x[j].to_f64() - mean;
             let d = dy[j].to_f64();
             let g = if W { d * w[j] } else { d };
-            acc[0][j] += u;
+            let u = if T::WIDE {
+                let u = x[j].to_f64() - mean;
+                acc[0][j] += u;
+                u
+            } else {
+                let (u, e) = two_sum(x[j].to_f64(), -mean);
+                let (s, e1) = two_sum(acc[0][j], u);
+                acc[0][j] = s;
+                err[j] += e + e1;
+                u
+            };
             acc[1][j] += g;
             acc[2][j] += g * u;
         }
     };
     let mut acc = [[0.0; LANES]; 3];
+    let mut err = [0.0; LANES];
     if T::WIDE {
-        chunks(x.len(), |o, m| step(&mut acc, o, m));
+        chunks(x.len(), |o, m| step(&mut acc, &mut err, o, m));
         return acc.map(reduce);
     }
     let mut totals = [Compensated::default(); 3];
     let mut steps = 0;
     chunks(x.len(), |o, m| {
-        step(&mut acc, o, m);
+        step(&mut acc, &mut err, o, m);
         steps += 1;
         if steps == BLOCK_STEPS || o + m == x.len() {
             for (t, a) in totals.iter_mut().zip(&mut acc) {
@@ -232,6 +250,7 @@ fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) 
             steps = 0;
         }
     });
+    totals[0].add(&err);
     totals.map(|t| t.total())
 }
 

@@ -1,0 +1,192 @@
+//! LayerNorm forward: the whole call in Rust when the arguments are already
+//! what the kernel reads, so that a 1×768 call costs about one NumPy ufunc call.
+
+use super::arrays::{dims, eps as eps_value, overlaps, Ready};
+use super::{maybe_detach, value_error};
+use crate::kernels::element::Element;
+use crate::kernels::layer_norm::{layer_norm_forward as forward_kernel, Forward, Input};
+use crate::kernels::simd;
+use numpy::{PyArrayDyn, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+/// `y`, or `(y, mean, rstd)` with `stats`, for kernel-ready arguments: `x`,
+/// `weight`, `bias` and `out` C-contiguous aligned arrays of one float dtype,
+/// `normalized_shape` an int or a tuple/list of ints naming the trailing
+/// dimensions, `eps` a finite float ≥ 0, `out` writeable and either `x`
+/// itself or disjoint from the inputs. For anything else it returns None and
+/// `lnrs.layer_norm` converts or reports in Python.
+#[pyfunction]
+#[pyo3(signature = (x, normalized_shape, weight, bias, eps, out, stats))]
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    normalized_shape: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    bias: &Bound<'py, PyAny>,
+    eps: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    stats: bool,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let args = Args {
+        normalized_shape,
+        weight,
+        bias,
+        eps,
+        out,
+        stats,
+    };
+    if let Some(x) = Ready::<f32>::take(x) {
+        forward_typed(py, x, args)
+    } else if let Some(x) = Ready::<f64>::take(x) {
+        forward_typed(py, x, args)
+    } else {
+        Ok(None)
+    }
+}
+
+struct Args<'a, 'py> {
+    normalized_shape: &'a Bound<'py, PyAny>,
+    weight: &'a Bound<'py, PyAny>,
+    bias: &'a Bound<'py, PyAny>,
+    eps: &'a Bound<'py, PyAny>,
+    out: &'a Bound<'py, PyAny>,
+    stats: bool,
+}
+
+/// A weight or bias: None, or ready with exactly the shape `dims`.
+/// `Err(())` when it is present but not ready.
+#[allow(clippy::result_unit_err)]
+fn parameter<'a, 'py, T: numpy::Element>(
+    p: &'a Bound<'py, PyAny>,
+    dims: &[usize],
+) -> Result<Option<Ready<'a, 'py, T>>, ()> {
+    if p.is_none() {
+        return Ok(None);
+    }
+    match Ready::<T>::take(p) {
+        Some(p) if p.shape() == dims => Ok(Some(p)),
+        _ => Err(()),
+    }
+}
+
+fn forward_typed<'py, T>(
+    py: Python<'py>,
+    x: Ready<'_, 'py, T>,
+    args: Args<'_, 'py>,
+) -> PyResult<Option<Bound<'py, PyAny>>>
+where
+    T: Element + numpy::Element,
+    T::Stat: numpy::Element,
+{
+    let shape = x.shape();
+    let Some(dims) = dims(args.normalized_shape) else {
+        return Ok(None);
+    };
+    if dims.is_empty() || dims.len() > shape.len() || shape[shape.len() - dims.len()..] != dims[..]
+    {
+        return Ok(None);
+    }
+    let Some(eps) = eps_value(args.eps) else {
+        return Ok(None);
+    };
+    let (Ok(weight), Ok(bias)) = (
+        parameter::<T>(args.weight, &dims),
+        parameter::<T>(args.bias, &dims),
+    ) else {
+        return Ok(None);
+    };
+    let lead = &shape[..shape.len() - dims.len()];
+    let (rows, cols) = (
+        lead.iter().product::<usize>(),
+        dims.iter().product::<usize>(),
+    );
+
+    let fresh;
+    let y = if args.out.is_none() {
+        // SAFETY: every element is written by the kernel before Python sees it.
+        fresh = unsafe { PyArrayDyn::<T>::new(py, shape, false) };
+        Ready::<T>::take(fresh.as_any()).expect("a new array is C-contiguous")
+    } else {
+        match Ready::<T>::take(args.out) {
+            Some(y) if y.shape() == shape && y.writeable() => y,
+            _ => return Ok(None),
+        }
+    };
+    let in_place = y.bytes() == x.bytes();
+    let inputs = [
+        Some(x.bytes()).filter(|_| !in_place),
+        weight.as_ref().map(|w| w.bytes()),
+        bias.as_ref().map(|b| b.bytes()),
+    ];
+    if inputs.iter().flatten().any(|r| overlaps(r, &y.bytes())) {
+        return Ok(None);
+    }
+    let (mean, rstd) = if args.stats {
+        // SAFETY: filled by the kernel.
+        unsafe {
+            (
+                Some(PyArrayDyn::<T::Stat>::new(py, lead, false)),
+                Some(PyArrayDyn::<T::Stat>::new(py, lead, false)),
+            )
+        }
+    } else {
+        (None, None)
+    };
+    let (mut mean_scratch, mut rstd_scratch) = (Vec::new(), Vec::new());
+    // SAFETY: `y` is writeable and overlaps no input (checked above; in place,
+    // the kernel reads `y` itself); `mean`/`rstd` are new arrays.
+    let (input, y_slice, weight, bias, mean_slice, rstd_slice) = unsafe {
+        let input = if in_place {
+            Input::InPlace
+        } else {
+            Input::Separate(x.slice())
+        };
+        (
+            input,
+            y.slice_mut(),
+            weight.as_ref().map(|w| w.slice()),
+            bias.as_ref().map(|b| b.slice()),
+            stat_slice(mean.as_ref(), rows, &mut mean_scratch),
+            stat_slice(rstd.as_ref(), rows, &mut rstd_scratch),
+        )
+    };
+    let call = Forward {
+        x: input,
+        cols,
+        weight,
+        bias,
+        eps,
+    };
+    let level = simd::active();
+    maybe_detach(py, rows * cols, move || {
+        forward_kernel(level, call, y_slice, mean_slice, rstd_slice)
+    })
+    .map_err(value_error)?;
+    let y = y.array.clone().into_any();
+    Ok(Some(match (mean, rstd) {
+        (Some(m), Some(r)) => PyTuple::new(py, [y, m.into_any(), r.into_any()])?.into_any(),
+        _ => y,
+    }))
+}
+
+/// The elements of a new stats array, or of `scratch` when the caller wants none.
+///
+/// # Safety
+/// `a`, when given, is a new C-contiguous array of `rows` elements no one else holds.
+unsafe fn stat_slice<'s, S: numpy::Element + Element>(
+    a: Option<&'s Bound<'_, PyArrayDyn<S>>>,
+    rows: usize,
+    scratch: &'s mut Vec<S>,
+) -> &'s mut [S] {
+    match a {
+        Some(_) if rows == 0 => &mut [],
+        // SAFETY: by the caller's promise.
+        Some(a) => unsafe { std::slice::from_raw_parts_mut(a.data(), rows) },
+        None => {
+            scratch.resize(rows, S::ZERO);
+            &mut scratch[..]
+        }
+    }
+}
