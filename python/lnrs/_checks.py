@@ -128,7 +128,9 @@ def row_stat(a, name: str, lead: tuple[int, ...], x: np.ndarray) -> np.ndarray:
         try:
             a = np.asarray(a)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{name} must be an array as layer_norm_forward returns: {e}") from None
+            raise ValueError(
+                f"{name} must be an array as layer_norm_forward returns: {e}"
+            ) from None
     if a.shape != lead or a.dtype != dtype:
         raise ValueError(
             f"{name} must have shape {lead} and dtype {dtype}, as layer_norm_forward returns "

@@ -42,11 +42,7 @@ pub fn layer_norm_backward<T: Element>(
         cols,
         weight,
     } = args;
-    let rows = if cols == 0 {
-        mean.len()
-    } else {
-        x.len() / cols
-    };
+    let rows = x.len().checked_div(cols).unwrap_or(mean.len());
     let check = |name: &'static str, got: usize, expected: usize| {
         if got == expected {
             Ok(())
