@@ -1,4 +1,4 @@
-"""`python -m lnrs info`: what this build runs with."""
+"""`python -m lnrs info`: what this build runs with. `python -m lnrs bench`: how fast it runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 import lnrs
-from lnrs import _lnrs
+from lnrs import _bench, _lnrs
 
 
 def info() -> int:
@@ -32,9 +32,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lnrs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, SIMD level and thread count")
+    bench = sub.add_parser(
+        "bench",
+        help="time lnrs against the memory-bandwidth limit, NumPy, ONNX Runtime and PyTorch",
+        description=_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _bench.add_arguments(bench)
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
+    if args.command == "bench":
+        return _bench.main(args, bench)
     return 2
 
 

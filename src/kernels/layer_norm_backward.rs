@@ -12,6 +12,7 @@
 use super::element::{widen, Element};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{reduce, two_sum, Compensated, Lanes, BLOCK_STEPS, LANES};
+use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
 use crate::parallel;
 
@@ -71,6 +72,7 @@ pub fn layer_norm_backward<T: Element>(
     }
     let weight = weight.map(widen);
     let w = weight.as_deref().unwrap_or(&[]);
+    let stream = worth_streaming(std::mem::size_of_val(dx));
     let block_rows = parallel::fixed_block_rows(rows, cols);
     let blocks = rows.div_ceil(block_rows);
     // Per block: Σ dy·xhat and Σ dy for every column.
@@ -94,6 +96,7 @@ pub fn layer_norm_backward<T: Element>(
                 w,
                 dx,
                 partial,
+                stream,
             };
             dispatch(level, block);
         },
@@ -127,6 +130,7 @@ struct RowBlock<'a, T: Element> {
     w: &'a [f64],
     dx: &'a mut [T],
     partial: &'a mut [f64],
+    stream: bool,
 }
 
 impl<T: Element> Kernel for RowBlock<'_, T> {
@@ -145,20 +149,25 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
             let mean = self.mean[r].to_f64();
             let rstd = self.rstd[r].to_f64();
             if self.w.is_empty() {
-                backward_row::<T, false>(x, dy, self.w, mean, rstd, dx, dw, db);
+                backward_row::<T, false>(x, dy, self.w, mean, rstd, dx, dw, db, self.stream);
             } else {
-                backward_row::<T, true>(x, dy, self.w, mean, rstd, dx, dw, db);
+                backward_row::<T, true>(x, dy, self.w, mean, rstd, dx, dw, db, self.stream);
             }
         }
+        fence(self.stream);
     }
 }
 
-/// Call `f(offset, len)` over a row of `n` in chunks of LANES, then the tail;
-/// full chunks have a length known at compile time, which is what vectorises.
+/// Call `f(offset, len)` over a row of `n`: a `head` of fewer than LANES
+/// elements, then chunks of LANES, then the tail. Full chunks have a length
+/// known at compile time, which is what vectorises.
 #[inline(always)]
-fn chunks(n: usize, mut f: impl FnMut(usize, usize)) {
-    let full = n - n % LANES;
-    let mut o = 0;
+fn chunks(n: usize, head: usize, mut f: impl FnMut(usize, usize)) {
+    if head > 0 {
+        f(0, head);
+    }
+    let full = head + (n - head) / LANES * LANES;
+    let mut o = head;
     while o < full {
         f(o, LANES);
         o += LANES;
@@ -179,25 +188,88 @@ fn backward_row<T: Element, const W: bool>(
     dx: &mut [T],
     dw: &mut [f64],
     db: &mut [f64],
+    stream: bool,
 ) {
     let n = x.len();
     let [su, sg, sgu] = row_sums::<T, W>(x, dy, w, mean);
     let c = su / n as f64;
     let a = sg / n as f64;
     let b = rstd * (sgu - c * sg) / n as f64;
-    chunks(n, |o, m| {
-        let (x, dy) = (&x[o..o + m], &dy[o..o + m]);
-        let w = if W { &w[o..o + m] } else { &[][..] };
-        let (dx, dw, db) = (&mut dx[o..o + m], &mut dw[o..o + m], &mut db[o..o + m]);
-        for j in 0..m {
-            let d = dy[j].to_f64();
-            let g = if W { d * w[j] } else { d };
-            let xhat = ((x[j].to_f64() - mean) - c) * rstd;
-            dx[j] = T::from_f64(rstd * ((g - a) - xhat * b));
-            dw[j] += d * xhat;
-            db[j] += d;
-        }
-    });
+    let k = RowConsts {
+        mean,
+        c,
+        rstd,
+        a,
+        b,
+    };
+    // Elementwise from here on, so the chunks may follow dx's alignment.
+    let head = if stream { unaligned_head(dx).min(n) } else { 0 };
+    let full = head + (n - head) / LANES * LANES;
+    let wr = |r: std::ops::Range<usize>| if W { &w[r] } else { &[][..] };
+    grad::<T, W>(
+        &x[..head],
+        &dy[..head],
+        wr(0..head),
+        &k,
+        &mut dx[..head],
+        &mut dw[..head],
+        &mut db[..head],
+    );
+    let mut o = head;
+    while o < full {
+        let r = o..o + LANES;
+        let mut out = [T::ZERO; LANES];
+        grad::<T, W>(
+            &x[r.clone()],
+            &dy[r.clone()],
+            wr(r.clone()),
+            &k,
+            &mut out,
+            &mut dw[r.clone()],
+            &mut db[r.clone()],
+        );
+        store_chunk(&mut dx[r], &out, stream);
+        o += LANES;
+    }
+    grad::<T, W>(
+        &x[full..],
+        &dy[full..],
+        wr(full..n),
+        &k,
+        &mut dx[full..],
+        &mut dw[full..],
+        &mut db[full..],
+    );
+}
+
+/// Per-row constants of the gradient.
+struct RowConsts {
+    mean: f64,
+    c: f64,
+    rstd: f64,
+    a: f64,
+    b: f64,
+}
+
+/// dx, and the column sums' terms, for elements of equal-length slices.
+#[inline(always)]
+fn grad<T: Element, const W: bool>(
+    x: &[T],
+    dy: &[T],
+    w: &[f64],
+    k: &RowConsts,
+    dx: &mut [T],
+    dw: &mut [f64],
+    db: &mut [f64],
+) {
+    for j in 0..x.len() {
+        let d = dy[j].to_f64();
+        let g = if W { d * w[j] } else { d };
+        let xhat = ((x[j].to_f64() - k.mean) - k.c) * k.rstd;
+        dx[j] = T::from_f64(k.rstd * ((g - k.a) - xhat * k.b));
+        dw[j] += d * xhat;
+        db[j] += d;
+    }
 }
 
 /// [Σu, Σg, Σg·u] for one row. For f64 storage Σu corrects the mean, so it is
@@ -230,12 +302,12 @@ fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) 
     let mut acc = [[0.0; LANES]; 3];
     let mut err = [0.0; LANES];
     if T::WIDE {
-        chunks(x.len(), |o, m| step(&mut acc, &mut err, o, m));
+        chunks(x.len(), 0, |o, m| step(&mut acc, &mut err, o, m));
         return acc.map(reduce);
     }
     let mut totals = [Compensated::default(); 3];
     let mut steps = 0;
-    chunks(x.len(), |o, m| {
+    chunks(x.len(), 0, |o, m| {
         step(&mut acc, &mut err, o, m);
         steps += 1;
         if steps == BLOCK_STEPS || o + m == x.len() {
