@@ -177,3 +177,72 @@ pub fn for_fixed_blocks<Y, F>(
             .for_each(|(i, (y, p))| f(i * block_rows, y, p));
     });
 }
+
+/// `f(offset, piece)` of each `block`-sized piece of `x` (the last may be
+/// shorter), computed on `pool` and returned in order.
+pub fn map_blocks<T, R, F>(pool: &ThreadPool, x: &[T], block: usize, f: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(usize, &[T]) -> R + Sync,
+{
+    pool.install(|| {
+        x.par_chunks(block)
+            .enumerate()
+            .map(|(i, x)| f(i * block, x))
+            .collect()
+    })
+}
+
+/// `f(offset, a_piece, b_piece, c_piece)` over equal `block`-sized pieces of
+/// three slices of one length, on `pool`.
+pub fn for_blocks_mut3<A, B, C, F>(
+    pool: &ThreadPool,
+    a: &mut [A],
+    b: &mut [B],
+    c: &mut [C],
+    block: usize,
+    f: F,
+) where
+    A: Send,
+    B: Send,
+    C: Send,
+    F: Fn(usize, &mut [A], &mut [B], &mut [C]) + Sync,
+{
+    pool.install(|| {
+        a.par_chunks_mut(block)
+            .zip(b.par_chunks_mut(block))
+            .zip(c.par_chunks_mut(block))
+            .enumerate()
+            .for_each(|(i, ((a, b), c))| f(i * block, a, b, c));
+    });
+}
+
+/// `f(offset, y_piece)` for each `block`-sized piece of `y`, on `pool`.
+pub fn for_blocks_mut<Y, F>(pool: &ThreadPool, y: &mut [Y], block: usize, f: F)
+where
+    Y: Send,
+    F: Fn(usize, &mut [Y]) + Sync,
+{
+    pool.install(|| {
+        y.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, y)| f(i * block, y));
+    });
+}
+
+/// The pool when rows are too few to keep every thread busy and each is long
+/// enough to share: then threads split each row instead.
+pub fn pool_for_long_rows(rows: usize, cols: usize, long_row: usize) -> Option<Arc<ThreadPool>> {
+    if cols < long_row {
+        return None;
+    }
+    Some(pool()).filter(|p| p.current_num_threads() > 1 && rows < p.current_num_threads())
+}
+
+/// Tests that set the thread count hold this, so that they see their own count.
+#[cfg(test)]
+pub fn thread_count_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -2,7 +2,10 @@
 
 use super::element::{widen, Element};
 use super::simd::{dispatch, Kernel, Level};
-use super::stats::{row_stats, RowStats, LANES};
+use super::stats::{
+    add_blocks, block_centred_sums, block_shifted_sum, row_stats, row_stats_with, RowStats,
+    RowSums, LANES, LONG_ROW, SPLIT_BLOCK,
+};
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
 use crate::parallel;
@@ -68,6 +71,20 @@ pub fn layer_norm_forward<T: Element>(
     let bias = bias.map(widen);
     let w = weight.as_deref().unwrap_or(&[]);
     let b = bias.as_deref().unwrap_or(&[]);
+    if let Some(pool) = parallel::pool_for_long_rows(rows, cols, LONG_ROW) {
+        let long = LongRows {
+            pool: &pool,
+            level,
+            x,
+            cols,
+            w,
+            b,
+            eps,
+            stream,
+        };
+        long.run(y, mean, rstd);
+        return Ok(());
+    }
     parallel::for_row_blocks(rows, cols, y, mean, rstd, |first, y, mean, rstd| {
         let x = match x {
             Input::Separate(x) => Input::Separate(&x[first * cols..(first + mean.len()) * cols]),
@@ -89,6 +106,127 @@ pub fn layer_norm_forward<T: Element>(
         );
     });
     Ok(())
+}
+
+/// Rows longer than `LONG_ROW` and fewer than the threads: each row's blocks
+/// are shared out, for the statistics and again for the normalisation. The
+/// blocks and the order their sums are added in are those of `stats::Blocks`,
+/// so the bits are those of a single thread.
+struct LongRows<'a, T: Element> {
+    pool: &'a rayon::ThreadPool,
+    level: Level,
+    x: Input<'a, T>,
+    cols: usize,
+    w: &'a [f64],
+    b: &'a [f64],
+    eps: f64,
+    stream: bool,
+}
+
+impl<T: Element> LongRows<'_, T> {
+    fn run(&self, y: &mut [T], mean: &mut [T::Stat], rstd: &mut [T::Stat]) {
+        let cols = self.cols;
+        for (r, y) in y.chunks_exact_mut(cols).enumerate() {
+            let x = match self.x {
+                Input::Separate(x) => Some(&x[r * cols..(r + 1) * cols]),
+                Input::InPlace => None,
+            };
+            let stats = row_stats_with(x.unwrap_or(y), self.eps, self);
+            parallel::for_blocks_mut(self.pool, y, SPLIT_BLOCK, |o, y| {
+                let range = o..o + y.len();
+                let x = x.map(|x| &x[range.clone()]);
+                let w = if self.w.is_empty() {
+                    self.w
+                } else {
+                    &self.w[range.clone()]
+                };
+                let b = if self.b.is_empty() {
+                    self.b
+                } else {
+                    &self.b[range.clone()]
+                };
+                dispatch(
+                    self.level,
+                    NormaliseBlock {
+                        x,
+                        y,
+                        stats: &stats,
+                        w,
+                        b,
+                        stream: self.stream,
+                    },
+                );
+            });
+            mean[r] = T::Stat::from_f64(stats.mean);
+            rstd[r] = T::Stat::from_f64(stats.rstd);
+        }
+    }
+}
+
+impl<T: Element> RowSums<T> for LongRows<'_, T> {
+    fn shifted_sum(&self, x: &[T], k: f64) -> f64 {
+        let level = self.level;
+        let parts = parallel::map_blocks(self.pool, x, SPLIT_BLOCK, |_, b| {
+            dispatch(level, BlockSum { x: b, m: k })
+        });
+        add_blocks::<T>(parts)
+    }
+
+    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
+        let level = self.level;
+        let parts = parallel::map_blocks(self.pool, x, SPLIT_BLOCK, |_, b| {
+            dispatch(level, BlockMoments { x: b, m })
+        });
+        (
+            add_blocks::<T>(parts.iter().map(|p| p.0)),
+            add_blocks::<T>(parts.iter().map(|p| p.1)),
+        )
+    }
+}
+
+struct BlockSum<'a, T> {
+    x: &'a [T],
+    m: f64,
+}
+
+impl<T: Element> Kernel for BlockSum<'_, T> {
+    type Output = f64;
+    #[inline(always)]
+    fn run(self) -> f64 {
+        block_shifted_sum(self.x, self.m)
+    }
+}
+
+struct BlockMoments<'a, T> {
+    x: &'a [T],
+    m: f64,
+}
+
+impl<T: Element> Kernel for BlockMoments<'_, T> {
+    type Output = (f64, f64);
+    #[inline(always)]
+    fn run(self) -> (f64, f64) {
+        block_centred_sums(self.x, self.m)
+    }
+}
+
+/// One block of a long row, normalised.
+struct NormaliseBlock<'a, T> {
+    x: Option<&'a [T]>,
+    y: &'a mut [T],
+    stats: &'a RowStats,
+    w: &'a [f64],
+    b: &'a [f64],
+    stream: bool,
+}
+
+impl<T: Element> Kernel for NormaliseBlock<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        normalise_row(self.x, self.y, self.stats, self.w, self.b, self.stream);
+        fence(self.stream);
+    }
 }
 
 fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), KernelError> {
@@ -406,6 +544,7 @@ mod tests {
             .into_iter()
             .map(|v| v as f32)
             .collect();
+        let _threads = crate::parallel::thread_count_lock();
         crate::parallel::set_num_threads(1).unwrap();
         let one = run(crate::kernels::simd::active(), &x, cols, None, None);
         crate::parallel::set_num_threads(3).unwrap();
@@ -420,6 +559,35 @@ mod tests {
             None,
         );
         assert_eq!(alone.0[..], one.0[57 * cols..58 * cols]);
+    }
+
+    fn long_rows_are_split_without_changing_bits<T: Element>() {
+        let cols = LONG_ROW + 3 * SPLIT_BLOCK / 2 + 7;
+        let x: Vec<T> = data(2 * cols, 5, 100.0)
+            .into_iter()
+            .map(T::from_f64)
+            .collect();
+        let w: Vec<T> = data(cols, 6, 1.0).into_iter().map(T::from_f64).collect();
+        let level = crate::kernels::simd::active();
+        let _threads = crate::parallel::thread_count_lock();
+        crate::parallel::set_num_threads(1).unwrap();
+        let one = run(level, &x, cols, Some(&w), None);
+        crate::parallel::set_num_threads(3).unwrap();
+        // Two rows, three threads: each row is split over the threads.
+        let three = run(level, &x, cols, Some(&w), None);
+        assert_eq!(one, three);
+        let alone = run(level, &x[cols..], cols, Some(&w), None);
+        assert_eq!(alone.0[..], one.0[cols..]);
+    }
+
+    #[test]
+    fn long_rows_are_split_without_changing_bits_f32() {
+        long_rows_are_split_without_changing_bits::<f32>();
+    }
+
+    #[test]
+    fn long_rows_are_split_without_changing_bits_f64() {
+        long_rows_are_split_without_changing_bits::<f64>();
     }
 
     #[test]

@@ -11,7 +11,9 @@
 
 use super::element::{widen, Element};
 use super::simd::{dispatch, Kernel, Level};
-use super::stats::{reduce, two_sum, Compensated, Lanes, BLOCK_STEPS, LANES};
+use super::stats::{
+    add_blocks, reduce, two_sum, Compensated, Lanes, BLOCK_STEPS, LANES, LONG_ROW, SPLIT_BLOCK,
+};
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
 use crate::parallel;
@@ -77,6 +79,22 @@ pub fn layer_norm_backward<T: Element>(
     let blocks = rows.div_ceil(block_rows);
     // Per block: Σ dy·xhat and Σ dy for every column.
     let mut partials = vec![0.0f64; blocks * 2 * cols];
+    if let Some(pool) = parallel::pool_for_long_rows(rows, cols, LONG_ROW) {
+        let long = LongRows {
+            pool: &pool,
+            level,
+            dy,
+            x,
+            mean,
+            rstd,
+            cols,
+            w,
+            stream,
+        };
+        long.run(block_rows, dx, &mut partials);
+        merge_columns(&partials, cols, dweight, dbias);
+        return Ok(());
+    }
     parallel::for_fixed_blocks(
         rows,
         cols,
@@ -103,6 +121,128 @@ pub fn layer_norm_backward<T: Element>(
     );
     merge_columns(&partials, cols, dweight, dbias);
     Ok(())
+}
+
+/// Rows longer than `LONG_ROW` and fewer than the threads: the threads share
+/// each row, in the blocks `backward_row` sums a long row in, so the bits are
+/// those of one thread.
+struct LongRows<'a, T: Element> {
+    pool: &'a rayon::ThreadPool,
+    level: Level,
+    dy: &'a [T],
+    x: &'a [T],
+    mean: &'a [T::Stat],
+    rstd: &'a [T::Stat],
+    cols: usize,
+    w: &'a [f64],
+    stream: bool,
+}
+
+impl<T: Element> LongRows<'_, T> {
+    fn run(&self, block_rows: usize, dx: &mut [T], partials: &mut [f64]) {
+        let (cols, level, w) = (self.cols, self.level, self.w);
+        let blocks = dx
+            .chunks_mut(block_rows * cols)
+            .zip(partials.chunks_mut(2 * cols));
+        for (i, (dx, partial)) in blocks.enumerate() {
+            let (dw, db) = partial.split_at_mut(cols);
+            for (j, dx) in dx.chunks_exact_mut(cols).enumerate() {
+                let r = i * block_rows + j;
+                let (x, dy) = (
+                    &self.x[r * cols..(r + 1) * cols],
+                    &self.dy[r * cols..(r + 1) * cols],
+                );
+                let mean = self.mean[r].to_f64();
+                let parts = parallel::map_blocks(self.pool, x, SPLIT_BLOCK, |o, xb| {
+                    let r = o..o + xb.len();
+                    let w = if w.is_empty() { w } else { &w[r.clone()] };
+                    dispatch(
+                        level,
+                        BlockSums {
+                            x: xb,
+                            dy: &dy[r],
+                            w,
+                            mean,
+                        },
+                    )
+                });
+                let k = RowConsts::new(add_sums::<T>(&parts), cols, mean, self.rstd[r].to_f64());
+                parallel::for_blocks_mut3(self.pool, dx, dw, db, SPLIT_BLOCK, |o, dx, dw, db| {
+                    let r = o..o + dx.len();
+                    let w = if w.is_empty() { w } else { &w[r.clone()] };
+                    let (x, dy) = (&x[r.clone()], &dy[r]);
+                    dispatch(
+                        level,
+                        ApplyBlock {
+                            x,
+                            dy,
+                            w,
+                            k: &k,
+                            dx,
+                            dw,
+                            db,
+                            stream: self.stream,
+                        },
+                    );
+                });
+            }
+        }
+    }
+}
+
+/// [Σu, Σg, Σg·u] of one block of a long row.
+struct BlockSums<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    w: &'a [f64],
+    mean: f64,
+}
+
+impl<T: Element> Kernel for BlockSums<'_, T> {
+    type Output = [f64; 3];
+    #[inline(always)]
+    fn run(self) -> [f64; 3] {
+        if self.w.is_empty() {
+            row_sums::<T, false>(self.x, self.dy, self.w, self.mean)
+        } else {
+            row_sums::<T, true>(self.x, self.dy, self.w, self.mean)
+        }
+    }
+}
+
+/// dx and the column-sum terms of one block of a long row.
+struct ApplyBlock<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    w: &'a [f64],
+    k: &'a RowConsts,
+    dx: &'a mut [T],
+    dw: &'a mut [f64],
+    db: &'a mut [f64],
+    stream: bool,
+}
+
+impl<T: Element> Kernel for ApplyBlock<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let ApplyBlock {
+            x,
+            dy,
+            w,
+            k,
+            dx,
+            dw,
+            db,
+            stream,
+        } = self;
+        if w.is_empty() {
+            apply_row::<T, false>(x, dy, w, k, dx, dw, db, stream);
+        } else {
+            apply_row::<T, true>(x, dy, w, k, dx, dw, db, stream);
+        }
+        fence(stream);
+    }
 }
 
 /// Add the blocks' column sums in block order, compensated.
@@ -190,18 +330,58 @@ fn backward_row<T: Element, const W: bool>(
     db: &mut [f64],
     stream: bool,
 ) {
-    let n = x.len();
-    let [su, sg, sgu] = row_sums::<T, W>(x, dy, w, mean);
-    let c = su / n as f64;
-    let a = sg / n as f64;
-    let b = rstd * (sgu - c * sg) / n as f64;
-    let k = RowConsts {
-        mean,
-        c,
-        rstd,
-        a,
-        b,
+    let sums = if x.len() >= LONG_ROW {
+        let n = x.len();
+        let parts: Vec<[f64; 3]> = (0..n)
+            .step_by(SPLIT_BLOCK)
+            .map(|o| {
+                let r = o..(o + SPLIT_BLOCK).min(n);
+                let w = if W { &w[r.clone()] } else { w };
+                row_sums::<T, W>(&x[r.clone()], &dy[r], w, mean)
+            })
+            .collect();
+        add_sums::<T>(&parts)
+    } else {
+        row_sums::<T, W>(x, dy, w, mean)
     };
+    let k = RowConsts::new(sums, x.len(), mean, rstd);
+    apply_row::<T, W>(x, dy, w, &k, dx, dw, db, stream);
+}
+
+/// Per-block row sums added in block order.
+fn add_sums<T: Element>(parts: &[[f64; 3]]) -> [f64; 3] {
+    std::array::from_fn(|i| add_blocks::<T>(parts.iter().map(|p| p[i])))
+}
+
+impl RowConsts {
+    /// From a row's [Σu, Σg, Σg·u].
+    fn new([su, sg, sgu]: [f64; 3], n: usize, mean: f64, rstd: f64) -> Self {
+        let n = n as f64;
+        let c = su / n;
+        RowConsts {
+            mean,
+            c,
+            rstd,
+            a: sg / n,
+            b: rstd * (sgu - c * sg) / n,
+        }
+    }
+}
+
+/// dx of one row (or one block of a long row) and its terms of the column sums.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn apply_row<T: Element, const W: bool>(
+    x: &[T],
+    dy: &[T],
+    w: &[f64],
+    k: &RowConsts,
+    dx: &mut [T],
+    dw: &mut [f64],
+    db: &mut [f64],
+    stream: bool,
+) {
+    let n = x.len();
     // Elementwise from here on, so the chunks may follow dx's alignment.
     let head = if stream { unaligned_head(dx).min(n) } else { 0 };
     let full = head + (n - head) / LANES * LANES;
@@ -210,7 +390,7 @@ fn backward_row<T: Element, const W: bool>(
         &x[..head],
         &dy[..head],
         wr(0..head),
-        &k,
+        k,
         &mut dx[..head],
         &mut dw[..head],
         &mut db[..head],
@@ -223,7 +403,7 @@ fn backward_row<T: Element, const W: bool>(
             &x[r.clone()],
             &dy[r.clone()],
             wr(r.clone()),
-            &k,
+            k,
             &mut out,
             &mut dw[r.clone()],
             &mut db[r.clone()],
@@ -235,7 +415,7 @@ fn backward_row<T: Element, const W: bool>(
         &x[full..],
         &dy[full..],
         wr(full..n),
-        &k,
+        k,
         &mut dx[full..],
         &mut dw[full..],
         &mut db[full..],
@@ -413,11 +593,24 @@ mod tests {
 
     #[test]
     fn column_sums_do_not_depend_on_the_thread_count() {
+        let _threads = crate::parallel::thread_count_lock();
         crate::parallel::set_num_threads(1).unwrap();
         let one = grads::<f32>(Level::Scalar, 700, 129, 0.0, true);
         crate::parallel::set_num_threads(3).unwrap();
         let three = grads::<f32>(Level::Scalar, 700, 129, 0.0, true);
         assert_eq!(one, three);
+    }
+
+    #[test]
+    fn long_rows_are_split_without_changing_bits() {
+        let _threads = crate::parallel::thread_count_lock();
+        let cols = LONG_ROW + SPLIT_BLOCK / 2 + 3;
+        crate::parallel::set_num_threads(1).unwrap();
+        let one32 = grads::<f32>(Level::Scalar, 2, cols, 7.0, true);
+        let one64 = grads::<f64>(Level::Scalar, 2, cols, 7.0, false);
+        crate::parallel::set_num_threads(3).unwrap();
+        assert_eq!(grads::<f32>(Level::Scalar, 2, cols, 7.0, true), one32);
+        assert_eq!(grads::<f64>(Level::Scalar, 2, cols, 7.0, false), one64);
     }
 
     #[test]

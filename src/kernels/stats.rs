@@ -192,25 +192,108 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
     (t1.total(), t2.total())
 }
 
-/// (first mean, correction, variance) by the corrected two-pass scheme. The
-/// variance may come out slightly negative (or non-finite): see `non_negative`.
+/// Rows from this length on are summed in fixed blocks of `SPLIT_BLOCK`
+/// elements whose sums are then added in block order, so that threads can
+/// share a row while the bits stay those of one thread. Shorter rows are
+/// summed whole. The choice depends on the row length alone.
+pub const LONG_ROW: usize = 1 << 16;
+pub const SPLIT_BLOCK: usize = 1 << 14;
+
+/// How a row's two kinds of sums are taken: whole, or in fixed blocks.
+pub trait RowSums<T: Element> {
+    /// Σ (x − k).
+    fn shifted_sum(&self, x: &[T], k: f64) -> f64;
+    /// (Σd, Σd²) with d = x − m.
+    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64);
+}
+
+/// A short row: its sums in one go.
+pub struct Whole;
+
+impl<T: Element> RowSums<T> for Whole {
+    #[inline(always)]
+    fn shifted_sum(&self, x: &[T], k: f64) -> f64 {
+        shifted_sum::<T, false>(x, 1.0, k)
+    }
+    #[inline(always)]
+    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
+        centred_sums::<T, false>(x, 1.0, m)
+    }
+}
+
+/// The sums of one block of a long row; what `RowSums` implementations that
+/// split rows compute per block before adding the blocks with [`add_blocks`].
 #[inline(always)]
-fn two_pass<T: Element, const SCALED: bool>(x: &[T], scale: f64) -> (f64, f64, f64) {
-    let k = if SCALED {
-        x[0].to_f64() * scale
-    } else {
-        x[0].to_f64()
-    };
-    let m0 = k + shifted_sum::<T, SCALED>(x, scale, k) / x.len() as f64;
-    corrected::<T, SCALED>(x, scale, m0)
+pub fn block_shifted_sum<T: Element>(x: &[T], k: f64) -> f64 {
+    shifted_sum::<T, false>(x, 1.0, k)
 }
 
 #[inline(always)]
-fn corrected<T: Element, const SCALED: bool>(x: &[T], scale: f64, m0: f64) -> (f64, f64, f64) {
+pub fn block_centred_sums<T: Element>(x: &[T], m: f64) -> (f64, f64) {
+    centred_sums::<T, false>(x, 1.0, m)
+}
+
+/// Add per-block sums in block order; compensated (TwoSum) for f64 storage.
+pub fn add_blocks<T: Element>(parts: impl IntoIterator<Item = f64>) -> f64 {
+    if T::WIDE {
+        return parts.into_iter().sum();
+    }
+    let (mut hi, mut lo) = (0.0, 0.0);
+    for p in parts {
+        let (s, e) = two_sum(hi, p);
+        hi = s;
+        lo += e;
+    }
+    hi + lo
+}
+
+/// A long row summed block by block on the calling thread: the same bits as
+/// any parallel split of the same blocks.
+pub struct Blocks;
+
+impl<T: Element> RowSums<T> for Blocks {
+    #[inline(always)]
+    fn shifted_sum(&self, x: &[T], k: f64) -> f64 {
+        add_blocks::<T>(x.chunks(SPLIT_BLOCK).map(|b| block_shifted_sum(b, k)))
+    }
+    #[inline(always)]
+    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
+        let parts: Vec<(f64, f64)> = x
+            .chunks(SPLIT_BLOCK)
+            .map(|b| block_centred_sums(b, m))
+            .collect();
+        (
+            add_blocks::<T>(parts.iter().map(|p| p.0)),
+            add_blocks::<T>(parts.iter().map(|p| p.1)),
+        )
+    }
+}
+
+/// (first mean, correction, variance) by the corrected two-pass scheme. The
+/// variance may come out slightly negative (or non-finite): see `non_negative`.
+#[inline(always)]
+fn two_pass<T: Element>(x: &[T], sums: &impl RowSums<T>) -> (f64, f64, f64) {
+    let k = x[0].to_f64();
+    let m0 = k + sums.shifted_sum(x, k) / x.len() as f64;
+    corrected(x, sums, m0)
+}
+
+#[inline(always)]
+fn corrected<T: Element>(x: &[T], sums: &impl RowSums<T>, m0: f64) -> (f64, f64, f64) {
     let n = x.len() as f64;
-    let (s1, s2) = centred_sums::<T, SCALED>(x, scale, m0);
+    let (s1, s2) = sums.centred_sums(x, m0);
     let corr = s1 / n;
     // Σ(d − c)² = Σd² − n·c²; c is tiny next to the spread, so no cancellation.
+    (m0, corr, s2 / n - corr * corr)
+}
+
+/// The two passes on `x·scale` (the rare rescaled f64 row), whole.
+fn two_pass_scaled<T: Element>(x: &[T], scale: f64) -> (f64, f64, f64) {
+    let n = x.len() as f64;
+    let k = x[0].to_f64() * scale;
+    let m0 = k + shifted_sum::<T, true>(x, scale, k) / n;
+    let (s1, s2) = centred_sums::<T, true>(x, scale, m0);
+    let corr = s1 / n;
     (m0, corr, s2 / n - corr * corr)
 }
 
@@ -219,14 +302,14 @@ fn corrected<T: Element, const SCALED: bool>(x: &[T], scale: f64, m0: f64) -> (f
 /// past 32 standard deviations (2^10 in variance) a second pass around the
 /// mean takes over, so at most 10 of f64's 53 bits are ever lost.
 #[inline(always)]
-fn one_pass_wide<T: Element>(x: &[T]) -> (f64, f64, f64) {
+fn one_pass_wide<T: Element>(x: &[T], sums: &impl RowSums<T>) -> (f64, f64, f64) {
     let n = x.len() as f64;
     let k = x[0].to_f64();
-    let (s1, s2) = centred_sums::<T, false>(x, 1.0, k);
+    let (s1, s2) = sums.centred_sums(x, k);
     let corr = s1 / n;
     let var = s2 / n - corr * corr;
     if corr * corr > var * 1024.0 {
-        return corrected::<T, false>(x, 1.0, k + corr);
+        return corrected(x, sums, k + corr);
     }
     (k, corr, var)
 }
@@ -263,16 +346,27 @@ fn inv_sqrt_sum(a: f64, b: f64) -> f64 {
 /// Squares of f64 values below this would lose bits to underflow.
 const TINY_SQUARES: f64 = 1.0e-280;
 
-/// The statistics of one non-empty row for `eps ≥ 0`.
+/// The statistics of one row for `eps ≥ 0`, its sums taken whole or in the
+/// fixed blocks of a long row.
 #[inline(always)]
 pub fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
+    if x.len() >= LONG_ROW {
+        row_stats_with(x, eps, &Blocks)
+    } else {
+        row_stats_with(x, eps, &Whole)
+    }
+}
+
+/// [`row_stats`] with the sums taken by `sums`.
+#[inline(always)]
+pub fn row_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> RowStats {
     if x.is_empty() {
         return RowStats::empty();
     }
     let (m0, corr, var) = if T::WIDE {
-        one_pass_wide(x)
+        one_pass_wide(x, sums)
     } else {
-        two_pass::<T, false>(x, 1.0)
+        two_pass(x, sums)
     };
     let needs_rescale = !T::WIDE
         && (!var.is_finite() || !m0.is_finite() || (var < TINY_SQUARES && eps < TINY_SQUARES));
@@ -310,7 +404,7 @@ fn rescaled_stats<T: Element>(x: &[T], eps: f64) -> Option<RowStats> {
         return None;
     }
     let scale = pow2(-exponent(amax));
-    let (m0, corr, var) = two_pass::<T, true>(x, scale);
+    let (m0, corr, var) = two_pass_scaled(x, scale);
     let var = non_negative(var);
     let eps_scaled = eps * scale * scale;
     let rstd_scaled = inv_sqrt_sum(var, eps_scaled);
