@@ -1,79 +1,182 @@
-//! How rows are split over threads.
+//! How work is split over threads.
 //!
-//! One rayon pool for the whole process, sized by `set_num_threads` (the Python
-//! layer reads `LNRS_NUM_THREADS`), else the number of cores. Rows go out in
-//! contiguous blocks; every row is computed the same way whichever block or
-//! thread it lands in, so results never depend on the thread count.
+//! `set_num_threads(n)` (the Python layer reads `LNRS_NUM_THREADS`; the default
+//! is the number of cores) means n threads compute: the calling thread and
+//! n − 1 helpers in one rayon pool. The caller never just waits: it starts on
+//! the work at once and helpers join as they wake, taking tasks from a shared
+//! counter; a helper that wakes after the last task was taken leaves without
+//! touching anything. Waking a sleeping thread costs tens of microseconds on a
+//! virtual machine, so a plain fork-join would lose that on every mid-sized call.
+//!
+//! Rows go out in contiguous blocks; every row is computed the same way
+//! whichever block or thread it lands in, and reductions over rows use blocks
+//! fixed by the shape alone, so results never depend on the thread count.
 
-use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-/// Below this many elements a call runs on the calling thread: handing work to
-/// the pool costs a few microseconds, as much as normalising ~16K floats.
+/// Below this many elements a call runs on the calling thread alone: even a
+/// helper that is awake costs a few microseconds to hand work to.
 pub const INLINE_MAX_ELEMENTS: usize = 1 << 14;
 
-/// Each parallel task gets at least this many elements, and there are at most
+/// Each task gets at least this many elements, and there are at most
 /// `TASKS_PER_THREAD` tasks per thread, to balance load without tiny tasks.
 const MIN_TASK_ELEMENTS: usize = 1 << 13;
 const TASKS_PER_THREAD: usize = 4;
 
-fn pool_slot() -> &'static RwLock<Option<Arc<ThreadPool>>> {
-    static POOL: OnceLock<RwLock<Option<Arc<ThreadPool>>>> = OnceLock::new();
-    POOL.get_or_init(|| RwLock::new(None))
+/// The threads that compute: the caller plus `helpers`.
+pub struct Workers {
+    threads: usize,
+    helpers: Option<ThreadPool>,
 }
 
-fn build(threads: usize) -> Result<Arc<ThreadPool>, String> {
-    ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("lnrs-{i}"))
-        .build()
-        .map(Arc::new)
-        .map_err(|e| format!("could not start {threads} threads: {e}"))
+impl Workers {
+    fn new(threads: usize) -> Result<Self, String> {
+        let helpers = match threads {
+            0 => return Err("the thread count must be at least 1, got 0".into()),
+            1 => None,
+            n => Some(
+                ThreadPoolBuilder::new()
+                    .num_threads(n - 1)
+                    .thread_name(|i| format!("lnrs-{i}"))
+                    .build()
+                    .map_err(|e| format!("could not start {threads} threads: {e}"))?,
+            ),
+        };
+        Ok(Workers { threads, helpers })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// `f(item)` for every item, on the caller and the helpers.
+    pub fn run<W: Send, F: Fn(W) + Sync>(&self, items: Vec<W>, f: F) {
+        let helpers = match &self.helpers {
+            Some(h) if items.len() > 1 => h,
+            _ => return items.into_iter().for_each(f),
+        };
+        let n = items.len();
+        let slots: Vec<Mutex<Option<W>>> = items.into_iter().map(|w| Mutex::new(Some(w))).collect();
+        let task = |i: usize| {
+            let item = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(item) = item {
+                f(item);
+            }
+        };
+        let task: &(dyn Fn(usize) + Sync) = &task;
+        // SAFETY: the lifetime is erased so that helper jobs can hold the
+        // pointer. A job calls it only for an index it claimed below `n`, and
+        // this function returns only after all `n` claimed tasks are done, so
+        // no call can outlive `slots` or `f`.
+        let task: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(task) };
+        let shared = Arc::new(Shared {
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            n,
+            task,
+        });
+        for _ in 0..helpers.current_num_threads().min(n - 1) {
+            let shared = Arc::clone(&shared);
+            helpers.spawn(move || shared.work());
+        }
+        shared.work();
+        let mut spins = 0u32;
+        while shared.done.load(Ordering::Acquire) < n {
+            spins += 1;
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        if shared.panicked.load(Ordering::Relaxed) {
+            panic!("an lnrs worker thread panicked");
+        }
+    }
+}
+
+/// The task counter a call's caller and helpers share.
+struct Shared {
+    next: AtomicUsize,
+    done: AtomicUsize,
+    panicked: AtomicBool,
+    n: usize,
+    task: *const (dyn Fn(usize) + Sync + 'static),
+}
+
+// SAFETY: `task` points to a `Sync` closure that `Workers::run` keeps alive
+// until every task it can be called for is done (see there).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.n {
+                return;
+            }
+            // SAFETY: `i < n` was claimed, so the closure is alive (see `run`).
+            let task = unsafe { &*self.task };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(i))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+fn slot() -> &'static RwLock<Option<Arc<Workers>>> {
+    static WORKERS: OnceLock<RwLock<Option<Arc<Workers>>>> = OnceLock::new();
+    WORKERS.get_or_init(|| RwLock::new(None))
 }
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The pool, started with one thread per core on first use. Callers keep their
-/// `Arc`, so a concurrent `set_num_threads` never pulls a pool from under them.
-pub fn pool() -> Arc<ThreadPool> {
-    if let Some(p) = pool_slot()
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
-        return Arc::clone(p);
+/// The workers, one thread per core unless set. Callers keep their `Arc`, so
+/// a concurrent `set_num_threads` never pulls threads from under them.
+pub fn workers() -> Arc<Workers> {
+    if let Some(w) = slot().read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return Arc::clone(w);
     }
-    let mut slot = pool_slot().write().unwrap_or_else(|e| e.into_inner());
+    let mut slot = slot().write().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
-        *slot = Some(build(default_threads()).expect("starting the default thread pool"));
+        let workers = Workers::new(default_threads()).or_else(|_| Workers::new(1));
+        *slot = Some(Arc::new(workers.expect("one thread needs no pool")));
     }
     Arc::clone(slot.as_ref().expect("just set"))
 }
 
-/// Replace the pool with one of `threads` threads (≥ 1).
+/// From now on use `threads` threads (≥ 1), the caller included.
 pub fn set_num_threads(threads: usize) -> Result<(), String> {
-    if threads == 0 {
-        return Err("the thread count must be at least 1, got 0".into());
-    }
-    let new = build(threads)?;
-    *pool_slot().write().unwrap_or_else(|e| e.into_inner()) = Some(new);
+    let new = Arc::new(Workers::new(threads)?);
+    *slot().write().unwrap_or_else(|e| e.into_inner()) = Some(new);
     Ok(())
 }
 
 pub fn num_threads() -> usize {
-    pool().current_num_threads()
+    workers().threads()
 }
 
-/// The pool to use for `elements` of work over `rows` rows, or None to run
-/// inline on the calling thread.
-fn pool_for(rows: usize, elements: usize) -> Option<Arc<ThreadPool>> {
+/// The workers for `elements` of work over `rows` rows, or None to run inline.
+fn workers_for(rows: usize, elements: usize) -> Option<Arc<Workers>> {
     if elements <= INLINE_MAX_ELEMENTS || rows < 2 {
         return None;
     }
-    Some(pool()).filter(|p| p.current_num_threads() > 1)
+    Some(workers()).filter(|w| w.threads() > 1)
+}
+
+/// Rows per task: enough tasks to balance the threads, none tiny.
+fn rows_per_task(threads: usize, rows: usize, total: usize) -> usize {
+    let tasks = (threads * TASKS_PER_THREAD)
+        .min(total.div_ceil(MIN_TASK_ELEMENTS))
+        .clamp(1, rows);
+    rows.div_ceil(tasks)
 }
 
 /// Call `f(first_row, y_rows, a_rows, b_rows)` over contiguous blocks of rows,
@@ -93,26 +196,17 @@ pub fn for_row_blocks<Y, A, B, F>(
     F: Fn(usize, &mut [Y], &mut [A], &mut [B]) + Sync,
 {
     let total = rows * cols;
-    let Some(pool) = pool_for(rows, total) else {
-        f(0, y, a, b);
-        return;
+    let Some(workers) = workers_for(rows, total) else {
+        return f(0, y, a, b);
     };
-    let block = rows_per_task(&pool, rows, total);
-    pool.install(|| {
-        y.par_chunks_mut(block * cols)
-            .zip(a.par_chunks_mut(block))
-            .zip(b.par_chunks_mut(block))
-            .enumerate()
-            .for_each(|(i, ((y, a), b))| f(i * block, y, a, b));
-    });
-}
-
-/// Rows per parallel task: enough tasks to balance the threads, none tiny.
-fn rows_per_task(pool: &ThreadPool, rows: usize, total: usize) -> usize {
-    let tasks = (pool.current_num_threads() * TASKS_PER_THREAD)
-        .min(total.div_ceil(MIN_TASK_ELEMENTS))
-        .clamp(1, rows);
-    rows.div_ceil(tasks)
+    let block = rows_per_task(workers.threads(), rows, total);
+    let items: Vec<_> = y
+        .chunks_mut(block * cols)
+        .zip(a.chunks_mut(block))
+        .zip(b.chunks_mut(block))
+        .enumerate()
+        .collect();
+    workers.run(items, |(i, ((y, a), b))| f(i * block, y, a, b));
 }
 
 /// `for_row_blocks` for an output alone.
@@ -121,16 +215,12 @@ where
     Y: Send,
     F: Fn(usize, &mut [Y]) + Sync,
 {
-    let Some(pool) = pool_for(rows, rows * cols) else {
-        f(0, y);
-        return;
+    let Some(workers) = workers_for(rows, rows * cols) else {
+        return f(0, y);
     };
-    let block = rows_per_task(&pool, rows, rows * cols);
-    pool.install(|| {
-        y.par_chunks_mut(block * cols)
-            .enumerate()
-            .for_each(|(i, y)| f(i * block, y));
-    });
+    let block = rows_per_task(workers.threads(), rows, rows * cols);
+    let items: Vec<_> = y.chunks_mut(block * cols).enumerate().collect();
+    workers.run(items, |(i, y)| f(i * block, y));
 }
 
 /// At most this many fixed blocks for reductions over rows.
@@ -161,43 +251,62 @@ pub fn for_fixed_blocks<Y, F>(
     Y: Send,
     F: Fn(usize, &mut [Y], &mut [f64]) + Sync,
 {
-    let Some(pool) = pool_for(rows, rows * cols) else {
-        let blocks = y
-            .chunks_mut(block_rows * cols)
-            .zip(partials.chunks_mut(partial_len));
-        blocks
-            .enumerate()
-            .for_each(|(i, (y, p))| f(i * block_rows, y, p));
-        return;
-    };
-    pool.install(|| {
-        y.par_chunks_mut(block_rows * cols)
-            .zip(partials.par_chunks_mut(partial_len))
-            .enumerate()
-            .for_each(|(i, (y, p))| f(i * block_rows, y, p));
-    });
+    let blocks = y
+        .chunks_mut(block_rows * cols)
+        .zip(partials.chunks_mut(partial_len))
+        .enumerate();
+    match workers_for(rows, rows * cols) {
+        None => blocks.for_each(|(i, (y, p))| f(i * block_rows, y, p)),
+        Some(workers) => workers.run(blocks.collect(), |(i, (y, p))| f(i * block_rows, y, p)),
+    }
+}
+
+/// The workers when rows are too few to keep every thread busy and each is
+/// long enough to share: then threads split each row instead.
+pub fn workers_for_long_rows(rows: usize, cols: usize, long_row: usize) -> Option<Arc<Workers>> {
+    if cols < long_row {
+        return None;
+    }
+    Some(workers()).filter(|w| w.threads() > 1 && rows < w.threads())
 }
 
 /// `f(offset, piece)` of each `block`-sized piece of `x` (the last may be
-/// shorter), computed on `pool` and returned in order.
-pub fn map_blocks<T, R, F>(pool: &ThreadPool, x: &[T], block: usize, f: F) -> Vec<R>
+/// shorter), computed by `workers` and returned in order.
+pub fn map_blocks<T, R, F>(workers: &Workers, x: &[T], block: usize, f: F) -> Vec<R>
 where
     T: Sync,
     R: Send,
     F: Fn(usize, &[T]) -> R + Sync,
 {
-    pool.install(|| {
-        x.par_chunks(block)
-            .enumerate()
-            .map(|(i, x)| f(i * block, x))
-            .collect()
-    })
+    let mut results: Vec<Option<R>> = std::iter::repeat_with(|| None)
+        .take(x.len().div_ceil(block))
+        .collect();
+    let items: Vec<_> = x
+        .chunks(block)
+        .zip(results.iter_mut())
+        .enumerate()
+        .collect();
+    workers.run(items, |(i, (x, r))| *r = Some(f(i * block, x)));
+    results
+        .into_iter()
+        .map(|r| r.expect("every block ran"))
+        .collect()
+}
+
+/// `f(offset, piece)` for each `block`-sized piece of `y`, by `workers`.
+pub fn for_blocks_mut<Y, F>(workers: &Workers, y: &mut [Y], block: usize, f: F)
+where
+    Y: Send,
+    F: Fn(usize, &mut [Y]) + Sync,
+{
+    let items: Vec<_> = y.chunks_mut(block).enumerate().collect();
+    workers.run(items, |(i, y)| f(i * block, y));
 }
 
 /// `f(offset, a_piece, b_piece, c_piece)` over equal `block`-sized pieces of
-/// three slices of one length, on `pool`.
+/// three slices of one length, by `workers`.
 pub fn for_blocks_mut3<A, B, C, F>(
-    pool: &ThreadPool,
+    workers: &Workers,
     a: &mut [A],
     b: &mut [B],
     c: &mut [C],
@@ -209,35 +318,13 @@ pub fn for_blocks_mut3<A, B, C, F>(
     C: Send,
     F: Fn(usize, &mut [A], &mut [B], &mut [C]) + Sync,
 {
-    pool.install(|| {
-        a.par_chunks_mut(block)
-            .zip(b.par_chunks_mut(block))
-            .zip(c.par_chunks_mut(block))
-            .enumerate()
-            .for_each(|(i, ((a, b), c))| f(i * block, a, b, c));
-    });
-}
-
-/// `f(offset, y_piece)` for each `block`-sized piece of `y`, on `pool`.
-pub fn for_blocks_mut<Y, F>(pool: &ThreadPool, y: &mut [Y], block: usize, f: F)
-where
-    Y: Send,
-    F: Fn(usize, &mut [Y]) + Sync,
-{
-    pool.install(|| {
-        y.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, y)| f(i * block, y));
-    });
-}
-
-/// The pool when rows are too few to keep every thread busy and each is long
-/// enough to share: then threads split each row instead.
-pub fn pool_for_long_rows(rows: usize, cols: usize, long_row: usize) -> Option<Arc<ThreadPool>> {
-    if cols < long_row {
-        return None;
-    }
-    Some(pool()).filter(|p| p.current_num_threads() > 1 && rows < p.current_num_threads())
+    let items: Vec<_> = a
+        .chunks_mut(block)
+        .zip(b.chunks_mut(block))
+        .zip(c.chunks_mut(block))
+        .enumerate()
+        .collect();
+    workers.run(items, |(i, ((a, b), c))| f(i * block, a, b, c));
 }
 
 /// Tests that set the thread count hold this, so that they see their own count.
@@ -245,4 +332,33 @@ pub fn pool_for_long_rows(rows: usize, cols: usize, long_row: usize) -> Option<A
 pub fn thread_count_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_item_runs_once_whatever_the_thread_count() {
+        for threads in [1, 2, 5] {
+            let workers = Workers::new(threads).unwrap();
+            let mut out = vec![0u32; 1000];
+            let items: Vec<_> = out.chunks_mut(7).enumerate().collect();
+            workers.run(items, |(i, c)| {
+                c.iter_mut().for_each(|v| *v += i as u32 + 1)
+            });
+            for (i, c) in out.chunks(7).enumerate() {
+                assert!(c.iter().all(|&v| v == i as u32 + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn map_blocks_keeps_order() {
+        let workers = Workers::new(3).unwrap();
+        let x: Vec<u64> = (0..100).collect();
+        let sums = map_blocks(&workers, &x, 10, |o, b| (o, b.iter().sum::<u64>()));
+        assert_eq!(sums[3], (30, (30..40).sum()));
+        assert_eq!(sums.len(), 10);
+    }
 }

@@ -71,9 +71,9 @@ pub fn layer_norm_forward<T: Element>(
     let bias = bias.map(widen);
     let w = weight.as_deref().unwrap_or(&[]);
     let b = bias.as_deref().unwrap_or(&[]);
-    if let Some(pool) = parallel::pool_for_long_rows(rows, cols, LONG_ROW) {
+    if let Some(workers) = parallel::workers_for_long_rows(rows, cols, LONG_ROW) {
         let long = LongRows {
-            pool: &pool,
+            workers: &workers,
             level,
             x,
             cols,
@@ -113,7 +113,7 @@ pub fn layer_norm_forward<T: Element>(
 /// blocks and the order their sums are added in are those of `stats::Blocks`,
 /// so the bits are those of a single thread.
 struct LongRows<'a, T: Element> {
-    pool: &'a rayon::ThreadPool,
+    workers: &'a parallel::Workers,
     level: Level,
     x: Input<'a, T>,
     cols: usize,
@@ -132,7 +132,7 @@ impl<T: Element> LongRows<'_, T> {
                 Input::InPlace => None,
             };
             let stats = row_stats_with(x.unwrap_or(y), self.eps, self);
-            parallel::for_blocks_mut(self.pool, y, SPLIT_BLOCK, |o, y| {
+            parallel::for_blocks_mut(self.workers, y, SPLIT_BLOCK, |o, y| {
                 let range = o..o + y.len();
                 let x = x.map(|x| &x[range.clone()]);
                 let w = if self.w.is_empty() {
@@ -166,7 +166,7 @@ impl<T: Element> LongRows<'_, T> {
 impl<T: Element> RowSums<T> for LongRows<'_, T> {
     fn shifted_sum(&self, x: &[T], k: f64) -> f64 {
         let level = self.level;
-        let parts = parallel::map_blocks(self.pool, x, SPLIT_BLOCK, |_, b| {
+        let parts = parallel::map_blocks(self.workers, x, SPLIT_BLOCK, |_, b| {
             dispatch(level, BlockSum { x: b, m: k })
         });
         add_blocks::<T>(parts)
@@ -174,7 +174,7 @@ impl<T: Element> RowSums<T> for LongRows<'_, T> {
 
     fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
         let level = self.level;
-        let parts = parallel::map_blocks(self.pool, x, SPLIT_BLOCK, |_, b| {
+        let parts = parallel::map_blocks(self.workers, x, SPLIT_BLOCK, |_, b| {
             dispatch(level, BlockMoments { x: b, m })
         });
         (

@@ -79,9 +79,9 @@ pub fn layer_norm_backward<T: Element>(
     let blocks = rows.div_ceil(block_rows);
     // Per block: Σ dy·xhat and Σ dy for every column.
     let mut partials = vec![0.0f64; blocks * 2 * cols];
-    if let Some(pool) = parallel::pool_for_long_rows(rows, cols, LONG_ROW) {
+    if let Some(workers) = parallel::workers_for_long_rows(rows, cols, LONG_ROW) {
         let long = LongRows {
-            pool: &pool,
+            workers: &workers,
             level,
             dy,
             x,
@@ -127,7 +127,7 @@ pub fn layer_norm_backward<T: Element>(
 /// each row, in the blocks `backward_row` sums a long row in, so the bits are
 /// those of one thread.
 struct LongRows<'a, T: Element> {
-    pool: &'a rayon::ThreadPool,
+    workers: &'a parallel::Workers,
     level: Level,
     dy: &'a [T],
     x: &'a [T],
@@ -153,7 +153,7 @@ impl<T: Element> LongRows<'_, T> {
                     &self.dy[r * cols..(r + 1) * cols],
                 );
                 let mean = self.mean[r].to_f64();
-                let parts = parallel::map_blocks(self.pool, x, SPLIT_BLOCK, |o, xb| {
+                let parts = parallel::map_blocks(self.workers, x, SPLIT_BLOCK, |o, xb| {
                     let r = o..o + xb.len();
                     let w = if w.is_empty() { w } else { &w[r.clone()] };
                     dispatch(
@@ -167,24 +167,31 @@ impl<T: Element> LongRows<'_, T> {
                     )
                 });
                 let k = RowConsts::new(add_sums::<T>(&parts), cols, mean, self.rstd[r].to_f64());
-                parallel::for_blocks_mut3(self.pool, dx, dw, db, SPLIT_BLOCK, |o, dx, dw, db| {
-                    let r = o..o + dx.len();
-                    let w = if w.is_empty() { w } else { &w[r.clone()] };
-                    let (x, dy) = (&x[r.clone()], &dy[r]);
-                    dispatch(
-                        level,
-                        ApplyBlock {
-                            x,
-                            dy,
-                            w,
-                            k: &k,
-                            dx,
-                            dw,
-                            db,
-                            stream: self.stream,
-                        },
-                    );
-                });
+                parallel::for_blocks_mut3(
+                    self.workers,
+                    dx,
+                    dw,
+                    db,
+                    SPLIT_BLOCK,
+                    |o, dx, dw, db| {
+                        let r = o..o + dx.len();
+                        let w = if w.is_empty() { w } else { &w[r.clone()] };
+                        let (x, dy) = (&x[r.clone()], &dy[r]);
+                        dispatch(
+                            level,
+                            ApplyBlock {
+                                x,
+                                dy,
+                                w,
+                                k: &k,
+                                dx,
+                                dw,
+                                db,
+                                stream: self.stream,
+                            },
+                        );
+                    },
+                );
             }
         }
     }
