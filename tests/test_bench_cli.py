@@ -1,0 +1,280 @@
+"""`python -m lnrs bench` on tiny shapes: every column in every row, sane numbers,
+missing peers reported as absent, bad arguments refused with status 2.
+
+These check the benchmark's plumbing, not lnrs's speed: `--quick` timings on
+tiny shapes say nothing about the targets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import types
+
+import lnrs
+import numpy as np
+import pytest
+from lnrs import _bench
+from lnrs.__main__ import main
+
+SHAPES = [(2, 8), (3, 16)]
+STATUSES = {"ok", "absent", "n/a", "error", "mismatch"}
+
+
+def check_rows(rows, shapes=SHAPES, ops=_bench.OPS):
+    assert [(r["shape"], r["op"]) for r in rows] == [
+        (_bench.shape_name(s), op) for s in shapes for op in ops
+    ]
+    for row in rows:
+        assert list(row) == _bench.columns()
+        for key in ("lnrs_s", "triad_s", "ufunc_s", "limit_s", "lnrs_gbps", "triad_gbps"):
+            assert row[key] > 0 and math.isfinite(row[key]), (key, row)
+        assert row["fraction"] > 0 and math.isfinite(row["fraction"]), row
+        scale = 1.5 if row["op"] == "backward" else 1
+        floor = row["ufunc_s"] if row["rows"] * row["cols"] * 4 <= _bench.FLOOR_MAX_BYTES else 0
+        assert row["limit_s"] == pytest.approx(max(floor, row["triad_s"] * scale))
+        assert row["bytes"] == (3 if row["op"] == "backward" else 2) * row["rows"] * row["cols"] * 4
+        if row["op"] == "forward":
+            assert row["copy_s"] > 0 and row["lnrs_over_copy"] > 0
+        else:
+            assert row["copy_s"] is None and row["lnrs_over_copy"] is None
+        for peer in _bench.PEERS:
+            status = row[f"{peer}_status"]
+            assert status in STATUSES, (peer, status)
+            if status in ("ok", "mismatch"):
+                assert row[f"{peer}_s"] > 0
+                assert row[f"{peer}_speedup"] == pytest.approx(row[f"{peer}_s"] / row["lnrs_s"])
+            else:
+                assert row[f"{peer}_s"] is None and row[f"{peer}_speedup"] is None
+        assert row["numpy_status"] in ("ok", "mismatch")  # NumPy is always there
+        if row["op"] == "backward":
+            assert row["onnxruntime_status"] in ("n/a", "absent")
+
+
+def test_run_bench_in_process(restore_threads):
+    notes = []
+    rows = _bench.run_bench(SHAPES, "float32", 1, _bench.OPS, quick=True, notes=notes)
+    check_rows(rows)
+    assert all(r["threads"] == 1 for r in rows)
+    assert lnrs.get_num_threads() == restore_threads  # put back afterwards
+    for row in rows:
+        if row["op"] != "backward":  # ONNX Runtime, when there, computes what lnrs does
+            assert row["numpy_status"] == "ok"
+            assert row["onnxruntime_status"] in ("ok", "absent")
+    table = _bench.format_table(rows)
+    assert len(table.splitlines()) == 2 + len(rows)
+    assert "2x8" in table and "backward" in table
+    for note in notes:
+        assert set(note) == {"peer", "shape", "op", "status", "reason"}
+
+
+def test_missing_peer_is_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
+    peers, absent = _bench.load_peers()
+    assert "onnxruntime" not in peers and "numpy" in peers
+    assert {"peer": "onnxruntime"}.items() <= next(
+        a for a in absent if a["peer"] == "onnxruntime"
+    ).items()
+    rows = _bench.run_bench([(2, 8)], ops=["forward"], quick=True, peers=peers)
+    assert rows[0]["onnxruntime_s"] is None
+    assert rows[0]["onnxruntime_status"] == "absent"
+    report = _bench.format_report(_bench.machine_facts(), rows, absent, [])
+    assert "absent: onnxruntime" in report
+
+
+def test_ufunc_floor_only_for_tiny_inputs():
+    """Past the caches one-threaded NumPy is no floor: the limit is the triad's alone."""
+    (row,) = _bench.run_bench([(256, 512)], ops=["backward"], quick=True, peers=[])
+    assert row["bytes"] == 3 * 256 * 512 * 4 > _bench.FLOOR_MAX_BYTES
+    assert row["limit_by"] == "triad"
+    assert row["limit_s"] == pytest.approx(1.5 * row["triad_s"])
+    assert all(row[f"{p}_status"] == "absent" for p in _bench.PEERS)
+
+
+def test_cpu_accounting():
+    before = _bench.cpu_seconds()
+    if before is None:
+        pytest.skip("no /proc/stat")
+    after = _bench.cpu_seconds()
+    assert after[0] >= before[0] and after[1] >= before[1]
+    assert _bench.other_cores(before, after, 1.0) >= 0
+    assert _bench.other_cores(None, after, 1.0) is None
+
+
+def test_report_groups_notes():
+    rows = _bench.run_bench(SHAPES, ops=["forward", "backward"], quick=True, peers=[])
+    notes = [
+        {"peer": "onnxruntime", "shape": s, "op": "backward", "status": "n/a", "reason": "why"}
+        for s in ("2x8", "3x16")
+    ]
+    notes.append(
+        {"peer": "torch", "shape": "3x16", "op": "forward", "status": "error", "reason": "E"}
+    )
+    absent = [{"peer": "torch", "reason": "not here"}]
+    lines = _bench.format_report(_bench.machine_facts(), rows, absent, notes).splitlines()
+    assert "n/a: onnxruntime, backward: why" in lines  # every shape: the op alone
+    assert "error: torch, forward at 3x16: E" in lines
+    assert "absent: torch (not here)" in lines
+
+
+def test_numpy_peer_formulas():
+    """The NumPy peer against an independent float64 reference and finite differences."""
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((3, 10)), rng.standard_normal((3, 10))
+    w, b = rng.standard_normal(10), rng.standard_normal(10)
+    eps = 1e-5
+    y = _bench.numpy_forward(x, w, b, eps)
+    mean, var = x.mean(1), x.var(1)
+    rstd = 1 / np.sqrt(var + eps)
+    assert np.allclose(y, (x - mean[:, None]) * rstd[:, None] * w + b)
+
+    def loss(x, w, b):
+        return float(np.sum(_bench.numpy_forward(x, w, b, eps) * dy))
+
+    dx, dw, db = _bench.numpy_backward(dy, x, mean, rstd, w)
+    h = 1e-6
+    for grad, arg in ((dx, 0), (dw, 1), (db, 2)):
+        args = [x, w, b]
+        numeric = np.zeros_like(args[arg])
+        for i in np.ndindex(numeric.shape):
+            up, down = [a.copy() for a in args], [a.copy() for a in args]
+            up[arg][i] += h
+            down[arg][i] -= h
+            numeric[i] = (loss(*up) - loss(*down)) / (2 * h)
+        assert np.allclose(grad, numeric, atol=1e-6), arg
+
+
+def test_check_flags_a_wrong_result():
+    case = _bench.Case(2, 8, "float32")
+    (y,) = case.expected["forward"]
+    assert _bench._check(case, "forward", (y.copy(),)) is None
+    assert "differ" in _bench._check(case, "forward", (y + 0.1,))
+    assert _bench._check(case, "forward", (y, y)) is not None
+
+
+class FakeTensor:
+    """Just what the PyTorch peer touches, backed by NumPy."""
+
+    def __init__(self, array, inputs=None):
+        self.array, self.inputs = array, inputs
+
+    def requires_grad_(self, flag=True):
+        return self
+
+    def detach(self):
+        return self
+
+    def numpy(self):
+        return self.array
+
+
+def fake_torch():
+    torch = types.ModuleType("torch")
+    torch.__version__ = "0.fake"
+    torch.threads = 7
+    torch.set_num_threads = lambda n: setattr(torch, "threads", n)
+    torch.get_num_threads = lambda: torch.threads
+    torch.from_numpy = FakeTensor
+
+    def layer_norm(x, normalized_shape, weight, bias, eps):
+        assert normalized_shape == x.array.shape[-1:]
+        y = _bench.numpy_forward(x.array, weight.array, bias.array, eps)
+        return FakeTensor(y, (x, weight, eps))
+
+    def grad(outputs, inputs, grad_outputs, retain_graph=False):
+        assert retain_graph and len(inputs) == 3
+        x, w, eps = outputs.inputs[0].array, outputs.inputs[1].array, outputs.inputs[2]
+        mean = x.mean(-1)
+        rstd = (1 / np.sqrt(x.var(-1) + eps)).astype(x.dtype)
+        grads = _bench.numpy_backward(grad_outputs.array, x, mean, rstd, w)
+        return tuple(FakeTensor(g) for g in grads)
+
+    torch.nn = types.SimpleNamespace(functional=types.SimpleNamespace(layer_norm=layer_norm))
+    torch.autograd = types.SimpleNamespace(grad=grad)
+    return torch
+
+
+def test_torch_peer_path_with_a_fake_torch(monkeypatch):
+    torch = fake_torch()
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    peers, _ = _bench.load_peers()
+    assert "torch" in peers
+    rows = _bench.run_bench([(2, 8)], threads=1, quick=True, peers=["numpy", "torch"])
+    check_rows(rows, [(2, 8)])
+    for row in rows:
+        assert row["torch_s"] > 0
+        if row["op"] != "backward":
+            assert row["torch_status"] == "ok"
+    assert torch.threads == 7  # put back afterwards
+    assert _bench.machine_facts()["torch"] == "0.fake"
+
+
+def test_cli_json(tmp_path):
+    out = tmp_path / "bench.json"
+    shapes = ",".join(_bench.shape_name(s) for s in SHAPES)
+    cmd = [sys.executable, "-m", "lnrs", "bench", "--quick", "--shapes", shapes, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert set(data) == {"machine", "settings", "columns", "rows", "absent", "notes"}
+    for key in ("lnrs", "simd", "threads", "cpu", "numpy", "onnxruntime", "torch"):
+        assert key in data["machine"]
+    assert data["machine"]["lnrs"] == lnrs.__version__
+    assert data["columns"] == _bench.columns()
+    check_rows(data["rows"])
+    assert all(set(a) == {"peer", "reason"} for a in data["absent"])
+    absent = {a["peer"] for a in data["absent"]}
+    for row in data["rows"]:
+        for peer in absent:
+            assert row[f"{peer}_status"] == "absent"
+    # The table on stdout: the machine facts, a header and one line per row.
+    assert "threads" in proc.stdout and "of limit" in proc.stdout
+    assert sum(line.startswith(("2x8 ", "3x16 ")) for line in proc.stdout.splitlines()) == 6
+    assert "[6/6]" in proc.stderr  # progress
+
+
+def test_cli_plot(tmp_path, capsys, restore_threads):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    args = ["bench", "--quick", "--shapes", "2x8,3x16", "--ops", "forward_out,backward"]
+    assert main([*args, "--threads", "1", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "forward_out" in capsys.readouterr().out
+
+
+def test_cli_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quick", "--shapes", "2x8", "--plot", str(tmp_path / "x.png")])
+    assert e.value.code == 2
+    assert "matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shapes", "12"], "ROWSxCOLS"),
+        (["--shapes", "0x5"], ">= 1"),
+        (["--shapes", "4x"], "ROWSxCOLS"),
+        (["--shapes", "2x3x4"], "ROWSxCOLS"),
+        (["--shapes", ""], "at least one"),
+        (["--dtype", "int8"], "invalid choice"),
+        (["--ops", "forward,sideways"], "subset"),
+        (["--threads", "0"], ">= 1"),
+    ],
+)
+def test_bad_arguments_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err
+
+
+def test_bad_dtype_exits_2_from_the_command_line():
+    cmd = [sys.executable, "-m", "lnrs", "bench", "--dtype", "int8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "int8" in proc.stderr
