@@ -80,29 +80,53 @@ fn limit<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     best_of(reps, || triad(level, &x, &mut y, cols, 1.5, 0.25).unwrap())
 }
 
+/// `cargo bench --bench kernels [-- FILTER...]`: only the cases whose label
+/// (e.g. "forward f32 8192x4096 avx512 threads 2") contains every FILTER.
 fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |label: &str| filters.iter().all(|f| label.contains(f.as_str()));
     let shapes = [(512, 768), (4096, 1024), (8192, 4096)];
     for threads in [1, parallel::num_threads()] {
         parallel::set_num_threads(threads).unwrap();
         for level in supported_levels() {
             for (rows, cols) in shapes {
-                let triads = [
-                    limit::<f32>(level, rows, cols),
-                    limit::<f64>(level, rows, cols),
-                ];
-                for (op, arrays, name, size, t) in [
-                    ("forward", 2, "f32", 4, forward::<f32>(level, rows, cols)),
-                    ("forward", 2, "f64", 8, forward::<f64>(level, rows, cols)),
-                    ("backward", 3, "f32", 4, backward::<f32>(level, rows, cols)),
-                    ("backward", 3, "f64", 8, backward::<f64>(level, rows, cols)),
+                for (op, arrays, name, size) in [
+                    ("forward", 2, "f32", 4),
+                    ("forward", 2, "f64", 8),
+                    ("backward", 3, "f32", 4),
+                    ("backward", 3, "f64", 8),
                 ] {
+                    let label = format!("{op} {name} {rows}x{cols} {level} threads {threads}");
+                    if !wanted(&label) {
+                        continue;
+                    }
+                    let (t, triad) = match (op, name) {
+                        ("forward", "f32") => (
+                            forward::<f32>(level, rows, cols),
+                            limit::<f32>(level, rows, cols),
+                        ),
+                        ("forward", _) => (
+                            forward::<f64>(level, rows, cols),
+                            limit::<f64>(level, rows, cols),
+                        ),
+                        (_, "f32") => (
+                            backward::<f32>(level, rows, cols),
+                            limit::<f32>(level, rows, cols),
+                        ),
+                        _ => (
+                            backward::<f64>(level, rows, cols),
+                            limit::<f64>(level, rows, cols),
+                        ),
+                    };
                     let n = (rows * cols) as f64;
                     let gbs = (arrays * size) as f64 * n / t / 1e9;
                     // The triad moves 2 arrays; its GB/s is the limit for any count.
-                    let triad = triads[size / 8];
                     let limit_gbs = (2 * size) as f64 * n / triad / 1e9;
                     println!(
-                        "{op:<8} {name} {rows:>5}x{cols:<5} {level:<7} threads {threads}: {:8.3} ms {:6.3} ns/elem {gbs:6.1} GB/s  {:4.2} of triad ({limit_gbs:.1} GB/s)",
+                        "{label:<42} {:8.3} ms {:6.3} ns/elem {gbs:6.1} GB/s  {:4.2} of triad ({limit_gbs:.1} GB/s)",
                         t * 1e3,
                         t * 1e9 / n,
                         gbs / limit_gbs

@@ -401,13 +401,13 @@ fn chunk<T: Element, const W: bool, const B: bool, const SCALED: bool>(
         } else {
             x[j].to_f64()
         };
-        let mut t = ((v - s.shift) - s.corr) * s.rstd_scaled;
-        if W {
-            t *= w[j];
-        }
-        if B {
-            t += b[j];
-        }
+        let d = (v - s.shift) - s.corr;
+        let t = match (W, B) {
+            (true, true) => d.mul_add(s.rstd_scaled * w[j], b[j]),
+            (true, false) => d * (s.rstd_scaled * w[j]),
+            (false, true) => d.mul_add(s.rstd_scaled, b[j]),
+            (false, false) => d * s.rstd_scaled,
+        };
         out[j] = T::from_f64(t);
     }
     out

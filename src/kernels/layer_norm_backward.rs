@@ -453,8 +453,8 @@ fn grad<T: Element, const W: bool>(
         let d = dy[j].to_f64();
         let g = if W { d * w[j] } else { d };
         let xhat = ((x[j].to_f64() - k.mean) - k.c) * k.rstd;
-        dx[j] = T::from_f64(k.rstd * ((g - k.a) - xhat * k.b));
-        dw[j] += d * xhat;
+        dx[j] = T::from_f64(k.rstd * (-xhat).mul_add(k.b, g - k.a));
+        dw[j] = d.mul_add(xhat, dw[j]);
         db[j] += d;
     }
 }
@@ -483,7 +483,7 @@ fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) 
                 u
             };
             acc[1][j] += g;
-            acc[2][j] += g * u;
+            acc[2][j] = g.mul_add(u, acc[2][j]);
         }
     };
     let mut acc = [[0.0; LANES]; 3];

@@ -3,9 +3,11 @@
 //! Kernels are written once as plain Rust over fixed-width lane arrays and marked
 //! `#[inline(always)]`; [`dispatch`] calls them through a function compiled with
 //! the chosen target features, so LLVM vectorises the same source for AVX-512,
-//! AVX2+FMA or the baseline. No level contracts `a*b+c` into an FMA (Rust never
-//! does so implicitly) and every level adds in the same order, so all levels
-//! give bitwise identical results: the levels differ in speed only.
+//! AVX2+FMA, NEON or the baseline. Every level adds in the same order, and fused
+//! multiply-adds are written out (`mul_add`, always correctly rounded), so all
+//! levels give bitwise identical results and differ in speed only. The price:
+//! on an x86-64 CPU without FMA (before 2013) the baseline level computes each
+//! fused multiply-add in software, several times slower.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};

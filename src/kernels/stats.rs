@@ -151,7 +151,7 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
             for j in 0..c.len().min(LANES) {
                 let d = load(c[j]) - m;
                 s1[j] += d;
-                s2[j] += d * d;
+                s2[j] = d.mul_add(d, s2[j]);
             }
         };
         let chunks = x.chunks_exact(LANES);
@@ -171,7 +171,7 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
             let (s, e1) = two_sum(s1[j], d);
             s1[j] = s;
             err[j] += e + e1;
-            s2[j] += d * d;
+            s2[j] = d.mul_add(d, s2[j]);
         }
     };
     let mut t2 = Compensated::default();

@@ -61,7 +61,7 @@ impl<T: Element> Kernel for Triad<'_, T> {
     fn run(self) {
         let Triad { x, y, a, b, stream } = self;
         let (a, b) = (T::from_f64(a).to_f64(), T::from_f64(b).to_f64());
-        let f = |v: T| T::from_f64(v.to_f64() * a + b);
+        let f = |v: T| T::from_f64(v.to_f64().mul_add(a, b));
         let head = if stream {
             super::stream::unaligned_head(y)
         } else {
