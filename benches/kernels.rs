@@ -5,6 +5,7 @@ use _lnrs::kernels::element::Element;
 use _lnrs::kernels::layer_norm::{layer_norm_forward, Forward, Input};
 use _lnrs::kernels::layer_norm_backward::{layer_norm_backward, Backward};
 use _lnrs::kernels::simd::{supported_levels, Level};
+use _lnrs::kernels::stats::Norm;
 use _lnrs::kernels::triad::triad;
 use _lnrs::parallel;
 use std::time::Instant;
@@ -30,6 +31,7 @@ fn forward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     let mut mean = vec![T::Stat::ZERO; rows];
     let mut rstd = vec![T::Stat::ZERO; rows];
     let args = Forward {
+        norm: Norm::Layer,
         x: Input::Separate(&x),
         cols,
         weight: Some(&w),
@@ -60,7 +62,7 @@ fn backward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     let args = Backward {
         dy: &dy,
         x: &x,
-        mean: &mean,
+        mean: Some(&mean),
         rstd: &rstd,
         cols,
         weight: Some(&w),

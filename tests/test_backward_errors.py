@@ -178,26 +178,22 @@ def test_native_backward_rejects_mismatched_buffers_without_panic():
     readonly.flags.writeable = False
     shared = col()
     calls = [
-        lambda: _lnrs.layer_norm_backward(np.ones((2, 5), f), x, m, r, None, dx(), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy.astype(float), x, m, r, None, dx(), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, np.zeros(3, f), r, None, dx(), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, np.ones(1, f), None, dx(), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, m.astype(float), r, None, dx(), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, np.ones(3, f), dx(), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, None, np.empty((2, 5), f), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, None, dx(), col(3), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, None, dx(), col(), col(5)),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, None, readonly, col(), col()),
-        lambda: _lnrs.layer_norm_backward(
-            dy, x, m, r, None, np.empty((2, 8), f)[:, ::2], col(), col()
-        ),
-        lambda: _lnrs.layer_norm_backward(
-            np.ones((2, 8), f)[:, ::2], x, m, r, None, dx(), col(), col()
-        ),
-        lambda: _lnrs.layer_norm_backward(dy, np.ones((2, 4), int), m, r, None, dx(), col(), col()),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, None, x, col(), col()),  # dx aliases x
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, None, dx(), shared, shared),
-        lambda: _lnrs.layer_norm_backward(dy, x, m, r, None, np.empty(8, f), col(), col()),
+        lambda: _lnrs.norm_backward(np.ones((2, 5), f), x, m, r, None, dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy.astype(float), x, m, r, None, dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, np.zeros(3, f), r, None, dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, m, np.ones(1, f), None, dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, m.astype(float), r, None, dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, m, r, np.ones(3, f), dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, np.empty((2, 5), f), col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, dx(), col(3), col()),
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, dx(), col(), col(5)),
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, readonly, col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, np.empty((2, 8), f)[:, ::2], col(), col()),
+        lambda: _lnrs.norm_backward(np.ones((2, 8), f)[:, ::2], x, m, r, None, dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy, np.ones((2, 4), int), m, r, None, dx(), col(), col()),
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, x, col(), col()),  # dx aliases x
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, dx(), shared, shared),
+        lambda: _lnrs.norm_backward(dy, x, m, r, None, np.empty(8, f), col(), col()),
     ]
     wrong = []
     for i, call in enumerate(calls):

@@ -5,11 +5,15 @@ Functions
 layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None)
 layer_norm_forward(...) -> (y, mean, rstd)
 layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None) -> (dx, dweight, dbias)
+rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None)
+rms_norm_forward(...) -> (y, rstd)
+rms_norm_backward(dy, x, rstd, normalized_shape, weight=None) -> (dx, dweight)
 set_num_threads(n), get_num_threads(), simd_level()
 
 Classes
 -------
 LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32)
+RMSNorm(normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32)
 
 Environment
 -----------
@@ -21,17 +25,22 @@ from . import _config
 from ._config import get_num_threads, set_num_threads, simd_level
 from ._functional import layer_norm, layer_norm_backward, layer_norm_forward
 from ._lnrs import __version__
-from ._module import LayerNorm
+from ._module import LayerNorm, RMSNorm
+from ._rms_norm import rms_norm, rms_norm_backward, rms_norm_forward
 
 _config.from_environment()
 
 __all__ = [
     "LayerNorm",
+    "RMSNorm",
     "__version__",
     "get_num_threads",
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "rms_norm",
+    "rms_norm_backward",
+    "rms_norm_forward",
     "set_num_threads",
     "simd_level",
 ]

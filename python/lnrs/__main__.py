@@ -1,4 +1,4 @@
-"""`python -m lnrs info`: what this build runs with. `python -m lnrs bench`: how fast it runs."""
+"""`python -m lnrs info`: what this build runs with; `bench`: how fast; `check`: how exact."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 import lnrs
-from lnrs import _bench, _lnrs
+from lnrs import _bench, _check, _lnrs
 
 
 def info() -> int:
@@ -39,11 +39,20 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _bench.add_arguments(bench)
+    check = sub.add_parser(
+        "check",
+        help="ulp errors of lnrs and its peers against the exact reference",
+        description=_check.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _check.add_arguments(check)
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
     if args.command == "bench":
         return _bench.main(args, bench)
+    if args.command == "check":
+        return _check.run(args)
     return 2
 
 

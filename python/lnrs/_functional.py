@@ -44,7 +44,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     """
     y = _lnrs.layer_norm_forward(x, normalized_shape, weight, bias, eps, out, False)
     if y is None:
-        y = _forward(x, normalized_shape, weight, bias, eps, out, stats=False)
+        y = forward_checked(_layer_norm_native, x, normalized_shape, weight, bias, eps, out, False)
     return y
 
 
@@ -62,7 +62,9 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     """
     result = _lnrs.layer_norm_forward(x, normalized_shape, weight, bias, eps, out, True)
     if result is None:
-        result = _forward(x, normalized_shape, weight, bias, eps, out, stats=True)
+        result = forward_checked(
+            _layer_norm_native, x, normalized_shape, weight, bias, eps, out, True
+        )
     return result
 
 
@@ -98,18 +100,24 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
     was rounded to float32. ``dweight`` and ``dbias`` add the rows in fixed blocks
     in a fixed order: bitwise the same for any thread count.
     """
+    return backward_checked(dy, x, mean, rstd, normalized_shape, weight, centred=True)
+
+
+def backward_checked(dy, x, mean, rstd, normalized_shape, weight, *, centred):
+    """Check and convert the arguments of a backward call, then run it: LayerNorm's
+    (`centred`), or RMSNorm's (no mean, no dbias)."""
     x = _checks.float_array(x, "x")
     dims = _checks.normalized_shape(normalized_shape, x)
     dy = _checks.like_x(dy, x, "dy")
     lead = x.shape[: x.ndim - len(dims)]
-    mean = _checks.row_stat(mean, "mean", lead, x)
+    mean = _checks.row_stat(mean, "mean", lead, x) if centred else None
     rstd = _checks.row_stat(rstd, "rstd", lead, x)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     rows, cols = math.prod(lead), math.prod(dims)
     dx = np.empty(x.shape, dtype=x.dtype)
     dweight = np.empty(dims, dtype=x.dtype)
-    dbias = np.empty(dims, dtype=x.dtype)
-    _lnrs.layer_norm_backward(
+    dbias = None if mean is None else np.empty(dims, dtype=x.dtype)
+    _lnrs.norm_backward(
         dy.reshape(rows, cols),
         np.ascontiguousarray(x).reshape(rows, cols),
         mean,
@@ -117,14 +125,18 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
         None if weight is None else weight.reshape(-1),
         dx.reshape(rows, cols),
         dweight.reshape(-1),
-        dbias.reshape(-1),
+        None if dbias is None else dbias.reshape(-1),
     )
-    return dx, dweight, dbias
+    return (dx, dweight) if mean is None else (dx, dweight, dbias)
 
 
-def _forward(x, normalized_shape, weight, bias, eps, out, *, stats):
+def _layer_norm_native(x, dims, weight, bias, eps, out, stats):
+    return _lnrs.layer_norm_forward(x, dims, weight, bias, eps, out, stats)
+
+
+def forward_checked(native, x, normalized_shape, weight, bias, eps, out, stats):
     """The general path: check and convert every argument into the form the
-    native fast path takes, then call it (it declined the arguments as given)."""
+    native fast path `native` takes, then call it (it declined them as given)."""
     x = _checks.float_array(x, "x")
     dims = _checks.normalized_shape(normalized_shape, x)
     eps = _checks.eps_value(eps)
@@ -142,7 +154,7 @@ def _forward(x, normalized_shape, weight, bias, eps, out, *, stats):
             # Exactly the same elements: in place, which the kernel handles
             # (it reads each chunk before writing it). Otherwise a copy.
             src = out if _same_memory(src, out) else src.copy()
-    result = _lnrs.layer_norm_forward(src, dims, weight, bias, eps, out, stats)
+    result = native(src, dims, weight, bias, eps, out, stats)
     if result is None:
         raise AssertionError("lnrs: the native fast path declined checked arguments")
     return result

@@ -15,16 +15,28 @@ def layer_norm_forward(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The whole forward call for kernel-ready arguments; None for anything else."""
 
-def layer_norm_backward(
+def rms_norm_forward(
+    x: object,
+    normalized_shape: object,
+    weight: object,
+    eps: object,
+    out: object,
+    stats: bool,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray] | None:
+    """RMSNorm's forward for kernel-ready arguments; None for anything else."""
+
+def norm_backward(
     dy: np.ndarray,
     x: np.ndarray,
-    mean: np.ndarray,
+    mean: np.ndarray | None,
     rstd: np.ndarray,
     weight: np.ndarray | None,
     dx: np.ndarray,
     dweight: np.ndarray,
-    dbias: np.ndarray,
-) -> None: ...
+    dbias: np.ndarray | None,
+) -> None:
+    """LayerNorm's backward, or RMSNorm's without mean and dbias."""
+
 def triad(x: np.ndarray, y: np.ndarray, a: float, b: float) -> None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

@@ -1,10 +1,11 @@
-//! LayerNorm forward: `y = (x − mean)·rstd·weight + bias` per row.
+//! LayerNorm and RMSNorm forward: `y = (x − mean)·rstd·weight + bias` per row,
+//! with `mean = 0` and no bias for RMSNorm.
 
 use super::element::{widen, Element};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
-    add_blocks, block_centred_sums, block_shifted_sum, row_stats, row_stats_with, RowStats,
-    RowSums, LANES, LONG_ROW, SPLIT_BLOCK,
+    add_blocks, block_centred_sums, block_shifted_sum, norm_stats, rms_stats_with, row_stats_with,
+    Norm, RowStats, RowSums, LANES, LONG_ROW, SPLIT_BLOCK,
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
@@ -20,6 +21,7 @@ pub enum Input<'a, T> {
 /// Everything one forward call needs besides the output buffers.
 #[derive(Clone, Copy)]
 pub struct Forward<'a, T: Element> {
+    pub norm: Norm,
     pub x: Input<'a, T>,
     pub cols: usize,
     pub weight: Option<&'a [T]>,
@@ -37,6 +39,7 @@ pub fn layer_norm_forward<T: Element>(
     rstd: &mut [T::Stat],
 ) -> Result<(), KernelError> {
     let Forward {
+        norm,
         x,
         cols,
         weight,
@@ -75,6 +78,7 @@ pub fn layer_norm_forward<T: Element>(
         let long = LongRows {
             workers: &workers,
             level,
+            norm,
             x,
             cols,
             w,
@@ -93,6 +97,7 @@ pub fn layer_norm_forward<T: Element>(
         dispatch(
             level,
             RowBlock {
+                norm,
                 x,
                 cols,
                 w,
@@ -115,6 +120,7 @@ pub fn layer_norm_forward<T: Element>(
 struct LongRows<'a, T: Element> {
     workers: &'a parallel::Workers,
     level: Level,
+    norm: Norm,
     x: Input<'a, T>,
     cols: usize,
     w: &'a [f64],
@@ -131,7 +137,10 @@ impl<T: Element> LongRows<'_, T> {
                 Input::Separate(x) => Some(&x[r * cols..(r + 1) * cols]),
                 Input::InPlace => None,
             };
-            let stats = row_stats_with(x.unwrap_or(y), self.eps, self);
+            let stats = match self.norm {
+                Norm::Layer => row_stats_with(x.unwrap_or(y), self.eps, self),
+                Norm::Rms => rms_stats_with(x.unwrap_or(y), self.eps, self),
+            };
             parallel::for_blocks_mut(self.workers, y, SPLIT_BLOCK, |o, y| {
                 let range = o..o + y.len();
                 let x = x.map(|x| &x[range.clone()]);
@@ -244,6 +253,7 @@ fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), Kern
 /// A contiguous block of rows, run on one thread at one SIMD level.
 /// `w` and `b` are empty when absent.
 struct RowBlock<'a, T: Element> {
+    norm: Norm,
     x: Input<'a, T>,
     cols: usize,
     w: &'a [f64],
@@ -261,6 +271,7 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
     #[inline(always)]
     fn run(self) {
         let RowBlock {
+            norm,
             x,
             cols,
             w,
@@ -273,12 +284,12 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
             let stats = match x {
                 Input::Separate(x) => {
                     let x = &x[r * cols..(r + 1) * cols];
-                    let stats = row_stats(x, eps);
+                    let stats = norm_stats(norm, x, eps);
                     normalise_row(Some(x), y, &stats, w, b, stream);
                     stats
                 }
                 Input::InPlace => {
-                    let stats = row_stats(y, eps);
+                    let stats = norm_stats(norm, y, eps);
                     normalise_row(None, y, &stats, w, b, stream);
                     stats
                 }
@@ -447,6 +458,7 @@ mod tests {
             vec![T::Stat::ZERO; rows],
         );
         let args = Forward {
+            norm: Norm::Layer,
             x: Input::Separate(x),
             cols,
             weight: w,
@@ -501,6 +513,7 @@ mod tests {
         let mut z = x.clone();
         let (mut m2, mut r2) = (vec![0.0; 5], vec![0.0; 5]);
         let args = Forward {
+            norm: Norm::Layer,
             x: Input::InPlace,
             cols,
             weight: None,
@@ -595,6 +608,7 @@ mod tests {
         let (mut y, mut m, mut r) = (vec![0.0f32; 6], vec![0.0f32; 2], vec![0.0f32; 2]);
         let x = [0.0f32; 5];
         let args = Forward {
+            norm: Norm::Layer,
             x: Input::Separate(&x),
             cols: 3,
             weight: None,
@@ -607,6 +621,7 @@ mod tests {
         ));
         let x = [0.0f32; 6];
         let args = Forward {
+            norm: Norm::Layer,
             x: Input::Separate(&x),
             cols: 3,
             weight: None,

@@ -1,4 +1,4 @@
-//! LayerNorm backward: dx, dweight and dbias in one pass per row.
+//! LayerNorm and RMSNorm backward: dx, dweight and dbias in one pass per row.
 //!
 //! Per row, with `u = x − mean`, `g = dy·weight`: the sums Σu, Σg and Σg·u give
 //! the correction `c = Σu/n` (which recovers the digits lost when `mean` was
@@ -18,12 +18,14 @@ use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
 use crate::parallel;
 
-/// The inputs of one backward call; `mean`/`rstd` as the forward pass returned them.
+/// The inputs of one backward call; `mean`/`rstd` as the forward pass returned
+/// them. Without `mean` it is RMSNorm's backward: no centring (`mean = 0`,
+/// `c = 0`, `a = 0`), and `dbias` is filled but means nothing.
 #[derive(Clone, Copy)]
 pub struct Backward<'a, T: Element> {
     pub dy: &'a [T],
     pub x: &'a [T],
-    pub mean: &'a [T::Stat],
+    pub mean: Option<&'a [T::Stat]>,
     pub rstd: &'a [T::Stat],
     pub cols: usize,
     pub weight: Option<&'a [T]>,
@@ -45,7 +47,7 @@ pub fn layer_norm_backward<T: Element>(
         cols,
         weight,
     } = args;
-    let rows = x.len().checked_div(cols).unwrap_or(mean.len());
+    let rows = x.len().checked_div(cols).unwrap_or(rstd.len());
     let check = |name: &'static str, got: usize, expected: usize| {
         if got == expected {
             Ok(())
@@ -58,7 +60,9 @@ pub fn layer_norm_backward<T: Element>(
         }
     };
     check("x", x.len(), rows * cols)?;
-    check("mean", mean.len(), rows)?;
+    if let Some(mean) = mean {
+        check("mean", mean.len(), rows)?;
+    }
     check("dy", dy.len(), rows * cols)?;
     check("dx", dx.len(), rows * cols)?;
     check("rstd", rstd.len(), rows)?;
@@ -108,7 +112,7 @@ pub fn layer_norm_backward<T: Element>(
             let block = RowBlock {
                 dy: &dy[rows.start * cols..rows.end * cols],
                 x: &x[rows.start * cols..rows.end * cols],
-                mean: &mean[rows.clone()],
+                mean: mean.map(|m| &m[rows.clone()]),
                 rstd: &rstd[rows],
                 cols,
                 w,
@@ -131,7 +135,7 @@ struct LongRows<'a, T: Element> {
     level: Level,
     dy: &'a [T],
     x: &'a [T],
-    mean: &'a [T::Stat],
+    mean: Option<&'a [T::Stat]>,
     rstd: &'a [T::Stat],
     cols: usize,
     w: &'a [f64],
@@ -152,7 +156,7 @@ impl<T: Element> LongRows<'_, T> {
                     &self.x[r * cols..(r + 1) * cols],
                     &self.dy[r * cols..(r + 1) * cols],
                 );
-                let mean = self.mean[r].to_f64();
+                let mean = self.mean.map(|m| m[r].to_f64());
                 let parts = parallel::map_blocks(self.workers, x, SPLIT_BLOCK, |o, xb| {
                     let r = o..o + xb.len();
                     let w = if w.is_empty() { w } else { &w[r.clone()] };
@@ -162,7 +166,7 @@ impl<T: Element> LongRows<'_, T> {
                             x: xb,
                             dy: &dy[r],
                             w,
-                            mean,
+                            mean: mean.unwrap_or(0.0),
                         },
                     )
                 });
@@ -271,7 +275,7 @@ fn merge_columns<T: Element>(partials: &[f64], cols: usize, dweight: &mut [T], d
 struct RowBlock<'a, T: Element> {
     dy: &'a [T],
     x: &'a [T],
-    mean: &'a [T::Stat],
+    mean: Option<&'a [T::Stat]>,
     rstd: &'a [T::Stat],
     cols: usize,
     w: &'a [f64],
@@ -293,7 +297,7 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
             .zip(self.x.chunks_exact(cols))
             .zip(self.dy.chunks_exact(cols));
         for (r, ((dx, x), dy)) in rows.enumerate() {
-            let mean = self.mean[r].to_f64();
+            let mean = self.mean.map(|m| m[r].to_f64());
             let rstd = self.rstd[r].to_f64();
             if self.w.is_empty() {
                 backward_row::<T, false>(x, dy, self.w, mean, rstd, dx, dw, db, self.stream);
@@ -330,13 +334,14 @@ fn backward_row<T: Element, const W: bool>(
     x: &[T],
     dy: &[T],
     w: &[f64],
-    mean: f64,
+    mean: Option<f64>,
     rstd: f64,
     dx: &mut [T],
     dw: &mut [f64],
     db: &mut [f64],
     stream: bool,
 ) {
+    let m = mean.unwrap_or(0.0);
     let sums = if x.len() >= LONG_ROW {
         let n = x.len();
         let parts: Vec<[f64; 3]> = (0..n)
@@ -344,12 +349,12 @@ fn backward_row<T: Element, const W: bool>(
             .map(|o| {
                 let r = o..(o + SPLIT_BLOCK).min(n);
                 let w = if W { &w[r.clone()] } else { w };
-                row_sums::<T, W>(&x[r.clone()], &dy[r], w, mean)
+                row_sums::<T, W>(&x[r.clone()], &dy[r], w, m)
             })
             .collect();
         add_sums::<T>(&parts)
     } else {
-        row_sums::<T, W>(x, dy, w, mean)
+        row_sums::<T, W>(x, dy, w, m)
     };
     let k = RowConsts::new(sums, x.len(), mean, rstd);
     apply_row::<T, W>(x, dy, w, &k, dx, dw, db, stream);
@@ -362,15 +367,27 @@ fn add_sums<T: Element>(parts: &[[f64; 3]]) -> [f64; 3] {
 
 impl RowConsts {
     /// From a row's [Σu, Σg, Σg·u].
-    fn new([su, sg, sgu]: [f64; 3], n: usize, mean: f64, rstd: f64) -> Self {
+    /// `mean` None: RMSNorm, nothing centred.
+    fn new([su, sg, sgu]: [f64; 3], n: usize, mean: Option<f64>, rstd: f64) -> Self {
         let n = n as f64;
-        let c = su / n;
-        RowConsts {
-            mean,
-            c,
-            rstd,
-            a: sg / n,
-            b: rstd * (sgu - c * sg) / n,
+        match mean {
+            Some(mean) => {
+                let c = su / n;
+                RowConsts {
+                    mean,
+                    c,
+                    rstd,
+                    a: sg / n,
+                    b: rstd * (sgu - c * sg) / n,
+                }
+            }
+            None => RowConsts {
+                mean: 0.0,
+                c: 0.0,
+                rstd,
+                a: 0.0,
+                b: rstd * sgu / n,
+            },
         }
     }
 }
@@ -514,6 +531,7 @@ mod tests {
     use super::*;
     use crate::kernels::layer_norm::{layer_norm_forward, Forward, Input};
     use crate::kernels::simd::supported_levels;
+    use crate::kernels::stats::Norm;
 
     fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
         let mut s = seed;
@@ -536,6 +554,17 @@ mod tests {
         offset: f64,
         weighted: bool,
     ) -> Grads<T> {
+        grads_of::<T>(Norm::Layer, level, rows, cols, offset, weighted)
+    }
+
+    fn grads_of<T: Element>(
+        norm: Norm,
+        level: Level,
+        rows: usize,
+        cols: usize,
+        offset: f64,
+        weighted: bool,
+    ) -> Grads<T> {
         let x: Vec<T> = data(rows * cols, 1, offset)
             .into_iter()
             .map(T::from_f64)
@@ -552,6 +581,7 @@ mod tests {
             vec![T::Stat::ZERO; rows],
         );
         let fwd = Forward {
+            norm,
             x: Input::Separate(&x),
             cols,
             weight: w,
@@ -567,7 +597,7 @@ mod tests {
         let args = Backward {
             dy: &dy,
             x: &x,
-            mean: &mean,
+            mean: (norm == Norm::Layer).then_some(&mean[..]),
             rstd: &rstd,
             cols,
             weight: w,
@@ -659,6 +689,34 @@ mod tests {
         for j in 0..cols {
             assert!((dw[j] as f64 - want_dw[j]).abs() <= 1e-6 * want_dw[j].abs().max(1.0));
             assert_eq!(db[j], want_db[j] as f32);
+        }
+    }
+
+    #[test]
+    fn rms_gradient_matches_the_float64_formula() {
+        let (rows, cols) = (3, 77);
+        let (dx, dw, _) = grads_of::<f64>(Norm::Rms, Level::Scalar, rows, cols, 0.5, true);
+        let x = data(rows * cols, 1, 0.5);
+        let dy = data(rows * cols, 2, 0.0);
+        let w = data(cols, 3, 1.0);
+        let mut want_dw = vec![0.0; cols];
+        for r in 0..rows {
+            let (x, dy) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
+            let ms = x.iter().map(|v| v * v).sum::<f64>() / cols as f64;
+            let rstd = 1.0 / (ms + 1e-5).sqrt();
+            let gx = (0..cols).map(|j| dy[j] * w[j] * x[j]).sum::<f64>() / cols as f64;
+            for j in 0..cols {
+                let want = rstd * (dy[j] * w[j] - x[j] * rstd * rstd * gx);
+                let got = dx[r * cols + j];
+                assert!(
+                    (got - want).abs() <= 1e-14 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+                want_dw[j] += dy[j] * x[j] * rstd;
+            }
+        }
+        for j in 0..cols {
+            assert!((dw[j] - want_dw[j]).abs() <= 1e-14 * want_dw[j].abs().max(1.0));
         }
     }
 

@@ -346,18 +346,7 @@ fn inv_sqrt_sum(a: f64, b: f64) -> f64 {
 /// Squares of f64 values below this would lose bits to underflow.
 const TINY_SQUARES: f64 = 1.0e-280;
 
-/// The statistics of one row for `eps ≥ 0`, its sums taken whole or in the
-/// fixed blocks of a long row.
-#[inline(always)]
-pub fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
-    if x.len() >= LONG_ROW {
-        row_stats_with(x, eps, &Blocks)
-    } else {
-        row_stats_with(x, eps, &Whole)
-    }
-}
-
-/// [`row_stats`] with the sums taken by `sums`.
+/// LayerNorm's statistics of one row for `eps ≥ 0`, the sums taken by `sums`.
 #[inline(always)]
 pub fn row_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> RowStats {
     if x.is_empty() {
@@ -371,7 +360,7 @@ pub fn row_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> 
     let needs_rescale = !T::WIDE
         && (!var.is_finite() || !m0.is_finite() || (var < TINY_SQUARES && eps < TINY_SQUARES));
     if needs_rescale {
-        if let Some(stats) = rescaled_stats(x, eps) {
+        if let Some(stats) = rescaled(Norm::Layer, x, eps) {
             return stats;
         }
     }
@@ -386,12 +375,57 @@ pub fn row_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> 
     }
 }
 
+/// Which normalisation: LayerNorm centres each row on its mean, RMSNorm does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    Layer,
+    Rms,
+}
+
+/// The statistics `norm` needs of one row, summed whole or in the fixed blocks
+/// of a long row.
+#[inline(always)]
+pub fn norm_stats<T: Element>(norm: Norm, x: &[T], eps: f64) -> RowStats {
+    match (norm, x.len() >= LONG_ROW) {
+        (Norm::Layer, false) => row_stats_with(x, eps, &Whole),
+        (Norm::Layer, true) => row_stats_with(x, eps, &Blocks),
+        (Norm::Rms, false) => rms_stats_with(x, eps, &Whole),
+        (Norm::Rms, true) => rms_stats_with(x, eps, &Blocks),
+    }
+}
+
+/// RMSNorm's statistics: `rstd = 1/sqrt(Σx²/n + eps)`, no shift. f64 rows whose
+/// squares overflow or underflow are rescaled as LayerNorm's are.
+#[inline(always)]
+pub fn rms_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> RowStats {
+    if x.is_empty() {
+        return RowStats::empty();
+    }
+    let (_, s2) = sums.centred_sums(x, 0.0);
+    let ms = s2 / x.len() as f64;
+    let needs_rescale = !T::WIDE && (!ms.is_finite() || (ms < TINY_SQUARES && eps < TINY_SQUARES));
+    if needs_rescale {
+        if let Some(stats) = rescaled(Norm::Rms, x, eps) {
+            return stats;
+        }
+    }
+    let rstd = inv_sqrt_sum(ms, eps);
+    RowStats {
+        shift: 0.0,
+        corr: 0.0,
+        rstd_scaled: rstd,
+        scale: 1.0,
+        mean: 0.0,
+        rstd,
+    }
+}
+
 /// Statistics of an f64 row whose squares overflow or underflow: rerun the two
 /// passes on `x·2^-e` with `2^e` near the largest magnitude. `None` when the row
 /// holds a NaN or infinity (the unscaled result then propagates it) or is all zero.
 #[cold]
 #[inline(never)]
-fn rescaled_stats<T: Element>(x: &[T], eps: f64) -> Option<RowStats> {
+fn rescaled<T: Element>(norm: Norm, x: &[T], eps: f64) -> Option<RowStats> {
     let mut amax = 0.0f64;
     for &v in x {
         let a = v.to_f64().abs();
@@ -404,7 +438,14 @@ fn rescaled_stats<T: Element>(x: &[T], eps: f64) -> Option<RowStats> {
         return None;
     }
     let scale = pow2(-exponent(amax));
-    let (m0, corr, var) = two_pass_scaled(x, scale);
+    let (m0, corr, var) = match norm {
+        Norm::Layer => two_pass_scaled(x, scale),
+        Norm::Rms => (
+            0.0,
+            0.0,
+            centred_sums::<T, true>(x, scale, 0.0).1 / x.len() as f64,
+        ),
+    };
     let var = non_negative(var);
     let eps_scaled = eps * scale * scale;
     let rstd_scaled = inv_sqrt_sum(var, eps_scaled);
@@ -450,6 +491,26 @@ fn pow2(e: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
+        norm_stats(Norm::Layer, x, eps)
+    }
+
+    #[test]
+    fn rms_of_plain_huge_and_tiny_rows() {
+        for scale in [1.0, 1e200, 1e-200] {
+            let x: Vec<f64> = [3.0, -4.0].iter().map(|v| v * scale).collect();
+            // mean square 12.5·scale²
+            let s = norm_stats(Norm::Rms, &x, 0.0);
+            assert_eq!((s.shift, s.corr, s.mean), (0.0, 0.0, 0.0));
+            assert!(
+                (s.rstd * 12.5f64.sqrt() * scale - 1.0).abs() < 2e-16,
+                "scale {scale}"
+            );
+        }
+        let s = norm_stats(Norm::Rms, &[3.0f32, -4.0], 1e-6);
+        assert_eq!(s.rstd, 1.0 / (12.5f64 + 1e-6).sqrt());
+    }
 
     #[test]
     fn exponent_and_pow2() {

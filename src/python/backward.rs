@@ -1,4 +1,4 @@
-//! LayerNorm backward, and the triad the benchmarks measure against.
+//! LayerNorm and RMSNorm backward, and the triad the benchmarks measure against.
 
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
@@ -21,12 +21,12 @@ fn backward_typed<'py, T>(
     py: Python<'py>,
     dy: &Bound<'py, PyAny>,
     x: PyReadonlyArray2<'py, T>,
-    mean: &Bound<'py, PyAny>,
+    mean: Option<&Bound<'py, PyAny>>,
     rstd: &Bound<'py, PyAny>,
     weight: Option<&Bound<'py, PyAny>>,
     dx: &Bound<'py, PyAny>,
     dweight: &Bound<'py, PyAny>,
-    dbias: &Bound<'py, PyAny>,
+    dbias: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<()>
 where
     T: Element + numpy::Element,
@@ -35,23 +35,30 @@ where
     let contiguous = |name: &str| PyValueError::new_err(format!("{name} must be C-contiguous"));
     let cols = x.shape()[1];
     let dy: PyReadonlyArray2<'py, T> = dy.extract()?;
-    let mean: PyReadonlyArray1<'py, T::Stat> = mean.extract()?;
+    let mean: Option<PyReadonlyArray1<'py, T::Stat>> = mean.map(|m| m.extract()).transpose()?;
     let rstd: PyReadonlyArray1<'py, T::Stat> = rstd.extract()?;
     let w: Option<PyReadonlyArray1<'py, T>> = weight.map(|w| w.extract()).transpose()?;
     let mut dx: PyReadwriteArray2<'py, T> = dx.extract()?;
     let mut dw: PyReadwriteArray1<'py, T> = dweight.extract()?;
-    let mut db: PyReadwriteArray1<'py, T> = dbias.extract()?;
+    let mut db: Option<PyReadwriteArray1<'py, T>> = dbias.map(|d| d.extract()).transpose()?;
     let args = Backward {
         dy: dy.as_slice().map_err(|_| contiguous("dy"))?,
         x: x.as_slice().map_err(|_| contiguous("x"))?,
-        mean: slice(&mean, "mean")?,
+        mean: mean.as_ref().map(|m| slice(m, "mean")).transpose()?,
         rstd: slice(&rstd, "rstd")?,
         cols,
         weight: w.as_ref().map(|w| slice(w, "weight")).transpose()?,
     };
     let dx = dx.as_slice_mut().map_err(|_| contiguous("dx"))?;
     let dw = dw.as_slice_mut().map_err(|_| contiguous("dweight"))?;
-    let db = db.as_slice_mut().map_err(|_| contiguous("dbias"))?;
+    let mut db_scratch = Vec::new();
+    let db = match db.as_mut() {
+        Some(db) => db.as_slice_mut().map_err(|_| contiguous("dbias"))?,
+        None => {
+            db_scratch.resize(cols, T::ZERO);
+            &mut db_scratch[..]
+        }
+    };
     let level = simd::active();
     let elements = args.x.len();
     maybe_detach(py, elements, move || {
@@ -61,19 +68,21 @@ where
 }
 
 /// Fill `dx` (2-D like `x`), `dweight` and `dbias` (1-D, one per column) from
-/// `dy`, `x` and the forward pass's `mean`/`rstd`.
+/// `dy`, `x` and the forward pass's `mean`/`rstd`. Without `mean` (and
+/// `dbias`), RMSNorm's backward.
 #[pyfunction]
+#[pyo3(signature = (dy, x, mean, rstd, weight, dx, dweight, dbias))]
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_backward<'py>(
+pub fn norm_backward<'py>(
     py: Python<'py>,
     dy: &Bound<'py, PyAny>,
     x: &Bound<'py, PyAny>,
-    mean: &Bound<'py, PyAny>,
+    mean: Option<&Bound<'py, PyAny>>,
     rstd: &Bound<'py, PyAny>,
     weight: Option<&Bound<'py, PyAny>>,
     dx: &Bound<'py, PyAny>,
     dweight: &Bound<'py, PyAny>,
-    dbias: &Bound<'py, PyAny>,
+    dbias: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<()> {
     if let Ok(x) = x.extract::<PyReadonlyArray2<'py, f32>>() {
         backward_typed(py, dy, x, mean, rstd, weight, dx, dweight, dbias)

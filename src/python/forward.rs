@@ -1,11 +1,13 @@
-//! LayerNorm forward: the whole call in Rust when the arguments are already
-//! what the kernel reads, so that a 1×768 call costs about one NumPy ufunc call.
+//! LayerNorm and RMSNorm forward: the whole call in Rust when the arguments are
+//! already what the kernel reads, so that a 1×768 call costs about one NumPy
+//! ufunc call.
 
 use super::arrays::{dims, eps as eps_value, overlaps, Ready};
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
 use crate::kernels::layer_norm::{layer_norm_forward as forward_kernel, Forward, Input};
 use crate::kernels::simd;
+use crate::kernels::stats::Norm;
 use numpy::{PyArrayDyn, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -30,6 +32,7 @@ pub fn layer_norm_forward<'py>(
     stats: bool,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let args = Args {
+        norm: Norm::Layer,
         normalized_shape,
         weight,
         bias,
@@ -37,6 +40,39 @@ pub fn layer_norm_forward<'py>(
         out,
         stats,
     };
+    forward_any(py, x, args)
+}
+
+/// RMSNorm's `layer_norm_forward`: `y`, or `(y, rstd)` with `stats`.
+#[pyfunction]
+#[pyo3(signature = (x, normalized_shape, weight, eps, out, stats))]
+pub fn rms_norm_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    normalized_shape: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    eps: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    stats: bool,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let none = py.None().into_bound(py);
+    let args = Args {
+        norm: Norm::Rms,
+        normalized_shape,
+        weight,
+        bias: &none,
+        eps,
+        out,
+        stats,
+    };
+    forward_any(py, x, args)
+}
+
+fn forward_any<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    args: Args<'_, 'py>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     if let Some(x) = Ready::<f32>::take(x) {
         forward_typed(py, x, args)
     } else if let Some(x) = Ready::<f64>::take(x) {
@@ -47,6 +83,7 @@ pub fn layer_norm_forward<'py>(
 }
 
 struct Args<'a, 'py> {
+    norm: Norm,
     normalized_shape: &'a Bound<'py, PyAny>,
     weight: &'a Bound<'py, PyAny>,
     bias: &'a Bound<'py, PyAny>,
@@ -123,7 +160,13 @@ where
     if inputs.iter().flatten().any(|r| overlaps(r, &y.bytes())) {
         return Ok(None);
     }
-    let (mean, rstd) = if args.stats {
+    let (mean, rstd) = if args.stats && args.norm == Norm::Rms {
+        // SAFETY: filled by the kernel.
+        (
+            None,
+            Some(unsafe { PyArrayDyn::<T::Stat>::new(py, lead, false) }),
+        )
+    } else if args.stats {
         // SAFETY: filled by the kernel.
         unsafe {
             (
@@ -153,6 +196,7 @@ where
         )
     };
     let call = Forward {
+        norm: args.norm,
         x: input,
         cols,
         weight,
@@ -165,8 +209,11 @@ where
     })
     .map_err(value_error)?;
     let y = y.array.clone().into_any();
-    Ok(Some(match (mean, rstd) {
-        (Some(m), Some(r)) => PyTuple::new(py, [y, m.into_any(), r.into_any()])?.into_any(),
+    Ok(Some(match (args.norm, mean, rstd) {
+        (Norm::Layer, Some(m), Some(r)) => {
+            PyTuple::new(py, [y, m.into_any(), r.into_any()])?.into_any()
+        }
+        (Norm::Rms, _, Some(r)) => PyTuple::new(py, [y, r.into_any()])?.into_any(),
         _ => y,
     }))
 }

@@ -29,7 +29,8 @@ fn maybe_detach<R: Send>(py: Python<'_>, elements: usize, f: impl FnOnce() -> R 
 #[pymodule]
 fn _lnrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(forward::layer_norm_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(backward::layer_norm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(forward::rms_norm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(backward::norm_backward, m)?)?;
     m.add_function(wrap_pyfunction!(backward::triad, m)?)?;
     m.add_function(wrap_pyfunction!(config::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(config::get_num_threads, m)?)?;

@@ -1,0 +1,1078 @@
+"""Tools for testing the numerical stability of a LayerNorm: an exact reference,
+an ulp metric, adversarial inputs, and a harness that runs any implementation
+over them.
+
+Functions
+---------
+reference_layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> (y, mean, rstd)
+reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps=1e-5)
+    -> (dx, dweight, dbias)
+ulp_error(y, reference, *, per_row=False, floor=2**-10)
+adversarial_inputs(dtype=np.float32, seed=0, *, quick=False) -> {name: Case}
+compare(fn, cases=None, dtype=np.float32) -> {name: CaseResult}
+
+Adapters for :func:`compare` (``fn(x, normalized_shape, weight, bias, eps) -> y``)
+---------------------------------------------------------------------------------
+lnrs_fn, numpy_fn, torch_fn, onnxruntime_fn; peer_fn(name) returns one of them, or
+None when its package is not installed.
+
+What "exact" means
+------------------
+The reference treats every input as the real number its bits denote (``x``,
+``weight``, ``bias``, and ``eps`` as the Python float given, not rounded to
+``x``'s dtype) and evaluates, in exact real arithmetic, per row of ``n``
+elements::
+
+    mean = Σx / n
+    var  = Σ(x - mean)² / n                 (biased)
+    rstd = 1 / sqrt(var + eps)
+    y    = (x - mean) · rstd · weight + bias
+
+Each returned number is that real value correctly rounded (to nearest, ties to
+even, with subnormals, overflow to ±inf) to the output dtype: ``y`` to ``x``'s
+dtype, ``mean``/``rstd`` to float32 for float32 input and float64 for float64
+input. There is no tolerance and no "longdouble is probably enough": sums are
+exact integers (every float is an integer times a power of two), ``sqrt`` is an
+integer square root refined until the rounding is decided, and quotients are
+rounded by integer division. The cost is Python integer arithmetic on NumPy
+object arrays, about 1 µs an element (a row of 2**20 float32 in under a second).
+
+Conventions where the formula has no real value: a row holding NaN or ±Inf gives
+NaN for its ``y`` and ``rstd``, and for its ``mean`` the IEEE sum of the row over
+``n`` (±Inf, or NaN); a row with ``var + eps == 0`` (a constant row with
+``eps = 0``) gives NaN ``y`` (0/0) and ``rstd = inf``. Other rows are unaffected.
+Non-finite ``weight``/``bias`` entries are applied in IEEE float64 arithmetic to a
+float64 ``xhat`` (so ``inf · 0`` is NaN): those columns are not exact.
+
+The ulp metric
+--------------
+``ulp_error`` measures ``|y - ref|`` in units of the spacing of ``y``'s dtype at
+``max(|ref|, 2**-10)``: relative accuracy for outputs of normal size, absolute
+accuracy of ``2**-10``'s spacing for outputs near zero (where the cancellation
+in ``x - mean`` or ``xhat·w + b`` makes relative accuracy unreachable for any
+method working in the storage type).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "Case",
+    "CaseResult",
+    "GOAL_ULP",
+    "PEERS",
+    "ULP_FLOOR",
+    "adversarial_inputs",
+    "compare",
+    "lnrs_fn",
+    "numpy_fn",
+    "onnxruntime_fn",
+    "peer_fn",
+    "reference_layer_norm",
+    "reference_layer_norm_backward",
+    "torch_fn",
+    "ulp_error",
+]
+
+#: Outputs smaller than this are measured in ulps of this value (see :func:`ulp_error`).
+ULP_FLOOR = 2.0**-10
+
+#: lnrs's accuracy goal for ``y``, in ulps (:func:`ulp_error`), per input dtype.
+GOAL_ULP = {np.dtype(np.float32): 2.0, np.dtype(np.float64): 16.0}
+
+# (significand bits, including the hidden one; exponent of the smallest normal; of the largest)
+_FORMATS = {np.dtype(np.float32): (24, -126, 127), np.dtype(np.float64): (53, -1022, 1023)}
+
+# Extra bits of a square root beyond the output's significand in the first attempt:
+# the rounding is undecided (and retried with more) with a chance of about 2**-_GUARD.
+_GUARD = 40
+
+
+def _format(dtype) -> tuple[int, int, int]:
+    dt = np.dtype(dtype)
+    if dt not in _FORMATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return _FORMATS[dt]
+
+
+# --------------------------------------------------------------------------------------
+# Exact rounding of rationals
+# --------------------------------------------------------------------------------------
+
+
+def _round_ratio(num: int, den: int, dtype) -> float:
+    """num/den (den > 0) correctly rounded to `dtype` (to nearest, ties to even,
+    with subnormals and overflow to inf), returned as a Python float."""
+    p, emin, emax = _format(dtype)
+    if num == 0:
+        return 0.0
+    neg = num < 0
+    a = -num if neg else num
+    # e with 2**e <= a/den < 2**(e+1)
+    e = a.bit_length() - den.bit_length()
+    if (a << max(-e, 0)) < (den << max(e, 0)):
+        e -= 1
+    q = max(e, emin) - (p - 1)  # exponent of the last significand bit
+    if q >= 0:
+        m, rem = divmod(a, den << q)
+        twice, half = rem << 1, den << q
+    else:
+        m, rem = divmod(a << -q, den)
+        twice, half = rem << 1, den
+    if twice > half or (twice == half and m & 1):
+        m += 1
+    if m.bit_length() + q > emax + 1:
+        value = math.inf
+    else:
+        value = math.ldexp(m, q)
+    return -value if neg else value
+
+
+def _round_quotients(num: np.ndarray, den, dtype) -> np.ndarray:
+    """Elementwise num/den of Python-int object arrays (den > 0), correctly rounded to `dtype`.
+
+    Python's int/int is correctly rounded to float64; float32 goes through float64
+    and only a float64 result that lands exactly on a float32 rounding boundary
+    (where double rounding could differ) is redone exactly.
+    """
+    dt = np.dtype(dtype)
+    num, den = np.broadcast_arrays(np.asarray(num, dtype=object), np.asarray(den, dtype=object))
+    try:
+        q = np.asarray(num / den, dtype=object).astype(np.float64)
+    except OverflowError:
+        q = np.array(
+            [_round_ratio(int(a), int(b), np.float64) for a, b in zip(num.ravel(), den.ravel())],
+            dtype=np.float64,
+        ).reshape(num.shape)
+    if dt == np.float64:
+        return q
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = q.astype(np.float32)
+        y64 = y.astype(np.float64)
+        below = np.nextafter(y, np.float32(-np.inf)).astype(np.float64)
+        above = np.nextafter(y, np.float32(np.inf)).astype(np.float64)
+        boundary = (q == (y64 + below) / 2) | (q == (y64 + above) / 2)
+    # Near the overflow threshold the boundary to inf is not a float32 midpoint.
+    redo = boundary | (np.abs(q) >= float(np.finfo(np.float32).max))
+    for i in zip(*np.nonzero(redo)):
+        y[i] = _round_ratio(int(num[i]), int(den[i]), np.float32)
+    return y
+
+
+def _root(r2n: int, r2d: int, bits: int) -> tuple[int, int, int, bool]:
+    """sqrt(r2n / r2d) for r2n, r2d > 0 in lowest terms, as (rn, rd, e, exact):
+    the root equals rn/rd·2**e when exact, else lies strictly between
+    rn·2**e and (rn + 1)·2**e with rn >= 2**bits (rd = 1)."""
+    sn, sd = math.isqrt(r2n), math.isqrt(r2d)
+    if sn * sn == r2n and sd * sd == r2d:
+        return sn, sd, 0, True
+    # A non-square ratio has an irrational root: no scaled floor of it is exact.
+    shift = max(0, bits + 2 - (r2n.bit_length() - r2d.bit_length()) // 2)
+    return math.isqrt((r2n << (2 * shift)) // r2d), 1, -shift, False
+
+
+@dataclass
+class _Affine:
+    """Integer factors for round(c·root·2**ec/dc + b·2**eb) of one row:
+    lo = (c·f1 + b·f2)/den and hi = lo + c·f3/den bracket the value (f3 = 0: exact)."""
+
+    f1: int
+    f2: int
+    f3: int
+    den: int
+
+
+def _affine(root: tuple[int, int, int, bool], ec: int, dc: int, eb: int | None) -> _Affine:
+    rn, rd, e0, exact = root
+    ec = ec + e0
+    lo_exp = ec if eb is None else min(ec, eb)
+    up = max(lo_exp, 0)
+    f1 = rn << (ec - lo_exp + up)
+    f2 = 0 if eb is None else (dc * rd) << (eb - lo_exp + up)
+    f3 = 0 if exact else 1 << (ec - lo_exp + up)
+    return _Affine(f1, f2, f3, (dc * rd) << max(-lo_exp, 0))
+
+
+def _round_affine_scalar(c, b, r2, ec, dc, eb, dtype, bits) -> float:
+    """The retry path of :func:`_round_affine`: more root bits until decided."""
+    b = 0 if b is None else int(b)
+    while True:
+        bits *= 2
+        f = _affine(_root(r2.numerator, r2.denominator, bits), ec, dc, eb)
+        lo = c * f.f1 + b * f.f2
+        y_lo = _round_ratio(lo, f.den, dtype)
+        if f.f3 == 0 or _round_ratio(lo + c * f.f3, f.den, dtype) == y_lo:
+            return y_lo
+        if bits > 1 << 16:  # pragma: no cover - an exact tie of an irrational value
+            raise ArithmeticError("lnrs.testing: rounding undecided after 65536 bits")
+
+
+def _round_affine(C, B, r2s, ecs, dcs, eb, dtype) -> np.ndarray:
+    """round(C·sqrt(r2)·2**ec/dc + B·2**eb) for each row of the object array C.
+
+    r2s, ecs, dcs: per row (Fraction > 0, int, int > 0); B: an object row vector
+    (or None) with a common exponent eb.
+    """
+    p = _format(dtype)[0]
+    bits = p + _GUARD
+    rows = C.shape[0]
+    fs = [
+        _affine(_root(r2.numerator, r2.denominator, bits), ec, dc, None if B is None else eb)
+        for r2, ec, dc in zip(r2s, ecs, dcs)
+    ]
+
+    def col(name):
+        out = np.empty((rows, 1), dtype=object)
+        out[:, 0] = [getattr(f, name) for f in fs]
+        return out
+
+    f1, f2, f3, den = col("f1"), col("f2"), col("f3"), col("den")
+    lo = C * f1
+    if B is not None:
+        lo = lo + B * f2
+    y = _round_quotients(lo, den, dtype)
+    hi = _round_quotients(lo + C * f3, den, dtype)
+    for i, j in zip(*np.nonzero(y != hi)):
+        y[i, j] = _round_affine_scalar(
+            int(C[i, j]), None if B is None else B[j], r2s[i], ecs[i], dcs[i], eb, dtype, bits
+        )
+    return y
+
+
+# --------------------------------------------------------------------------------------
+# Floats as exact integers
+# --------------------------------------------------------------------------------------
+
+
+def _ints(a: np.ndarray, common: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Finite floats of a 2-D array as (X, e): object array of Python ints and
+    per-row exponents with a[i, j] == X[i, j]·2**e[i] exactly (one exponent for
+    the whole array when `common`)."""
+    p = _format(a.dtype)[0]
+    m, ex = np.frexp(a)
+    mant = np.ldexp(m.astype(np.float64), p).astype(np.int64)
+    exp = ex.astype(np.int64) - p
+    nonzero = mant != 0
+    big = np.iinfo(np.int64).max
+    emin = np.where(nonzero, exp, big).min(axis=None if common else 1, keepdims=True)
+    emin = np.where(emin == big, 0, emin)
+    shift = np.where(nonzero, exp - emin, 0)
+    X = mant.astype(object) << shift.astype(object)
+    e = np.broadcast_to(emin, (a.shape[0], 1))[:, 0]
+    return X, e
+
+
+def _vector_ints(v: np.ndarray | None, dtype) -> tuple[np.ndarray | None, int]:
+    """A weight or bias (flattened, finite entries; others read as 0) as (ints, exponent)."""
+    if v is None:
+        return None, 0
+    v = np.asarray(v).astype(dtype, copy=False).reshape(1, -1)
+    v = np.where(np.isfinite(v), v, 0).astype(dtype)
+    X, e = _ints(v, common=True)
+    return X[0], int(e[0])
+
+
+def _as_dims(normalized_shape) -> tuple[int, ...]:
+    if isinstance(normalized_shape, (int, np.integer)):
+        return (int(normalized_shape),)
+    return tuple(int(d) for d in normalized_shape)
+
+
+def _rows(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
+    if not dims or x.shape[x.ndim - len(dims) :] != dims:
+        raise ValueError(
+            f"normalized_shape {dims} must equal the trailing dimensions of x, "
+            f"but x has shape {x.shape}"
+        )
+    n = math.prod(dims)
+    return x.reshape(math.prod(x.shape[: x.ndim - len(dims)]), n)
+
+
+def _float_input(x, name: str = "x") -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype not in _FORMATS:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    return x
+
+
+def _param(v, name, dims, dtype) -> np.ndarray | None:
+    if v is None:
+        return None
+    v = np.asarray(v)
+    if v.shape != dims:
+        raise ValueError(f"{name} must have shape {dims} (normalized_shape), got {v.shape}")
+    return v.astype(dtype).reshape(-1)
+
+
+def _row_moments(X: np.ndarray, e: np.ndarray, eps: float) -> tuple[list, list, list]:
+    """Per row: S = ΣX, and var + eps as a Fraction."""
+    n = X.shape[1]
+    S = list(X.sum(axis=1)) if n else [0] * X.shape[0]
+    Q = list((X * X).sum(axis=1)) if n else [0] * X.shape[0]
+    feps = Fraction(eps)
+    veps = []
+    for s, q, ei in zip(S, Q, e):
+        t = n * q - s * s  # n²·var / 4**e
+        var = Fraction(t, n * n) * (Fraction(4) ** int(ei)) if n else Fraction(0)
+        veps.append(var + feps)
+    return S, Q, veps
+
+
+def _nonfinite_mean(x_row: np.ndarray) -> float:
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.sum(x_row.astype(np.float64)) / max(x_row.size, 1))
+
+
+# --------------------------------------------------------------------------------------
+# The reference
+# --------------------------------------------------------------------------------------
+
+
+def reference_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """LayerNorm evaluated exactly and rounded once: ``(y, mean, rstd)``.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64
+    normalized_shape : int or sequence of int
+        The trailing dimensions of ``x`` that make a row.
+    weight, bias : array_like, optional
+        Of shape ``normalized_shape``; converted to ``x``'s dtype first (as lnrs does).
+    eps : float
+        Used as the exact value of the Python float given (not rounded to ``x``'s dtype).
+
+    Returns
+    -------
+    y : ndarray
+        ``x``'s shape and dtype, each element the correctly rounded value of
+        ``(x - mean)·rstd·weight + bias`` computed in exact real arithmetic.
+    mean, rstd : ndarray
+        Of shape ``x.shape[:-len(normalized_shape)]``, correctly rounded to
+        float32 (float32 input) or float64 (float64 input).
+
+    Notes
+    -----
+    See the module docstring for what "exact" means and for the NaN/Inf conventions.
+    Speed: about 1 µs an element and a few µs a row, whatever the values (a row of
+    2**20 float32 in under a second).
+    """
+    x = _float_input(x)
+    dt = x.dtype
+    dims = _as_dims(normalized_shape)
+    xr = _rows(x, dims)
+    rows, n = xr.shape
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    w = _param(weight, "weight", dims, dt)
+    b = _param(bias, "bias", dims, dt)
+    lead = x.shape[: x.ndim - len(dims)]
+    y = np.full((rows, n), np.nan, dtype=dt)
+    mean = np.full(rows, np.nan, dtype=dt)
+    rstd = np.full(rows, np.nan, dtype=dt)
+    if rows == 0 or n == 0:
+        return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+
+    finite = np.isfinite(xr).all(axis=1)
+    for i in np.nonzero(~finite)[0]:
+        mean[i] = _nonfinite_mean(xr[i])
+    W, ew = _vector_ints(w, dt)
+    B, eb = _vector_ints(b, dt)
+    # Rows in blocks of about 2**16 elements (bounded memory for the object arrays).
+    block = max(1, (1 << 16) // n)
+    good = np.nonzero(finite)[0]
+    for start in range(0, good.size, block):
+        idx = good[start : start + block]
+        X, e = _ints(xr[idx])
+        S, _, veps = _row_moments(X, e, eps)
+        for k, i in enumerate(idx):
+            mean[i] = _round_ratio(S[k] << max(int(e[k]), 0), n << max(-int(e[k]), 0), dt)
+            if veps[k] == 0:
+                rstd[i] = np.inf
+            else:
+                rstd[i] = _round_root(1 / veps[k], dt)
+        ok = [k for k in range(len(idx)) if veps[k] != 0]
+        if not ok:
+            continue
+        Sc = np.empty((len(ok), 1), dtype=object)
+        Sc[:, 0] = [S[k] for k in ok]
+        rows_ok = idx[ok]
+        # Columns in chunks too, for single long rows.
+        for c0 in range(0, n, 1 << 16):
+            c1 = min(n, c0 + (1 << 16))
+            C = X[ok, c0:c1] * n - Sc  # n·(x - mean) / 2**e
+            if W is not None:
+                C = C * W[c0:c1]
+            y[rows_ok, c0:c1] = _round_affine(
+                C,
+                None if B is None else B[c0:c1],
+                [1 / veps[k] for k in ok],
+                [int(e[k]) + ew for k in ok],
+                [n] * len(ok),
+                eb,
+                dt,
+            )
+    _apply_nonfinite_params(y, xr, mean, rstd, w, b, finite)
+    return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+
+
+def _round_root(r2: Fraction, dtype) -> float:
+    """sqrt(r2) correctly rounded to `dtype`."""
+    bits = _format(dtype)[0] + _GUARD
+    while True:
+        rn, rd, e0, exact = _root(r2.numerator, r2.denominator, bits)
+        lo = _round_ratio(rn << max(e0, 0), rd << max(-e0, 0), dtype)
+        if exact or _round_ratio((rn + 1) << max(e0, 0), rd << max(-e0, 0), dtype) == lo:
+            return lo
+        bits *= 2
+
+
+def _apply_nonfinite_params(y, xr, mean, rstd, w, b, finite) -> None:
+    """IEEE float64 arithmetic on a float64 xhat for columns with non-finite weight/bias."""
+    bad = np.zeros(xr.shape[1], dtype=bool)
+    if w is not None:
+        bad |= ~np.isfinite(w)
+    if b is not None:
+        bad |= ~np.isfinite(b)
+    if not bad.any():
+        return
+    with np.errstate(all="ignore"):
+        d = xr[:, bad].astype(np.float64) - mean.astype(np.float64)[:, None]
+        xhat = d * rstd.astype(np.float64)[:, None]
+        # Only the sign and zero-ness of xhat matter next to an infinity.
+        tiny = np.where(d > 0, 1e-300, np.where(d < 0, -1e-300, 0.0))
+        xhat = np.where((xhat == 0) & (d != 0), tiny, xhat)
+        wb = 1.0 if w is None else w[bad].astype(np.float64)
+        bb = 0.0 if b is None else b[bad].astype(np.float64)
+        v = xhat * wb + bb
+    v[~finite] = np.nan
+    y[:, bad] = v.astype(y.dtype)
+
+
+def reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps: float = 1e-5):
+    """Exact gradients of ``sum(dy · layer_norm(x, normalized_shape, weight, ., eps))``.
+
+    Returns
+    -------
+    dx : ndarray
+        ``x``'s shape and dtype: ``rstd·(g - mean(g) - xhat·mean(g·xhat))`` with
+        ``g = dy·weight``, evaluated exactly (the statistics are the exact ones of
+        ``x``, not rounded) and correctly rounded.
+    dweight : ndarray
+        ``Σ_rows dy·xhat`` (what a weight of ones gets when ``weight`` is None),
+        correctly rounded: each row's irrational ``rstd`` is bracketed ever more
+        tightly until the rounding of the bracketed sum is decided (up to 2**14
+        bits; a sum that is exactly a rounding boundary, which only an exact
+        cancellation of irrational terms could produce, is returned at that
+        precision).
+    dbias : ndarray
+        ``Σ_rows dy``, correctly rounded.
+
+    Notes
+    -----
+    Non-finite values: a row whose ``x`` or ``dy`` holds NaN/Inf, or whose
+    ``var + eps`` is 0, gets NaN ``dx``; any such ``x`` row makes ``dweight`` NaN;
+    a column of ``dy`` holding NaN/Inf gets the IEEE float64 sum as ``dbias``; a
+    non-finite weight makes every ``dx`` NaN.
+    """
+    x = _float_input(x)
+    dt = x.dtype
+    dims = _as_dims(normalized_shape)
+    xr = _rows(x, dims)
+    dy = np.asarray(dy)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have shape {x.shape} (that of x), got {dy.shape}")
+    dyr = dy.astype(dt).reshape(xr.shape)
+    rows, n = xr.shape
+    w = _param(weight, "weight", dims, dt)
+    eps = float(eps)
+    dx = np.full((rows, n), np.nan, dtype=dt)
+    dweight = np.full(n, np.nan, dtype=dt)
+    dbias = np.zeros(n, dtype=dt)
+    if rows == 0 or n == 0:
+        return dx.reshape(x.shape), dweight.reshape(dims), dbias.reshape(dims)
+
+    xfin = np.isfinite(xr).all(axis=1)
+    dyfin_col = np.isfinite(dyr).all(axis=0)
+    dyfin_row = np.isfinite(dyr).all(axis=1)
+    # dbias: exact column sums of dy with one exponent for all of dy
+    DY, edy = _ints(np.where(np.isfinite(dyr), dyr, 0).astype(dt).reshape(1, -1), common=True)
+    DY = DY.reshape(rows, n)
+    edy = int(edy[0])
+    colsum = DY.sum(axis=0)
+    dbias[:] = _round_quotients(
+        colsum * (1 << max(edy, 0)), np.full(n, 1 << max(-edy, 0), dtype=object), dt
+    )
+    if not dyfin_col.all():
+        with np.errstate(all="ignore"):
+            dbias[~dyfin_col] = dyr[:, ~dyfin_col].astype(np.float64).sum(axis=0).astype(dt)
+
+    X, e = _ints(np.where(xfin[:, None], xr, 0).astype(dt))
+    S, _, veps = _row_moments(X, e, eps)
+    good = xfin & dyfin_row & np.array([v != 0 for v in veps])
+    if w is not None and not np.isfinite(w).all():
+        good[:] = False
+    W, ew = _vector_ints(w, dt)
+    Sc = np.empty((rows, 1), dtype=object)
+    Sc[:, 0] = S
+    D = X * n - Sc  # n·(x - mean) / 2**e
+    G = DY if W is None else DY * W  # g / 2**(edy + ew)
+    eg = edy + ew
+
+    gi = np.nonzero(good)[0]
+    if gi.size:
+        J = G[gi].sum(axis=1)
+        H = (G[gi] * D[gi]).sum(axis=1)
+        a1, b1, g1, dens, r2s = [], [], [], [], []
+        for k, i in enumerate(gi):
+            u = 1 / veps[i]
+            kappa = u * Fraction(int(H[k])) * Fraction(4) ** int(e[i]) / n**3
+            kn, kd = kappa.numerator, kappa.denominator
+            a1.append(n * kd)
+            b1.append(-int(J[k]) * kd)
+            g1.append(-n * kn)
+            dens.append(n * kd)
+            r2s.append(u)
+        N = G[gi] * _column(a1) + _column(b1) + D[gi] * _column(g1)
+        dx[gi] = _round_affine(N, None, r2s, [eg] * len(gi), dens, 0, dt)
+
+    if xfin.all() and all(v != 0 for v in veps):
+        dweight[:] = _dweight(DY, D, e, edy, veps, n, dt)
+    return dx.reshape(x.shape), dweight.reshape(dims), dbias.reshape(dims)
+
+
+def _column(values) -> np.ndarray:
+    out = np.empty((len(values), 1), dtype=object)
+    out[:, 0] = values
+    return out
+
+
+def _dweight(DY, D, e, edy, veps, n, dt) -> np.ndarray:
+    """Σ_rows dy·xhat = Σ_r DY·D·2**(edy + e_r)·rstd_r / n, bracketed and rounded.
+
+    With one scale 2**-P for all rows, rstd_r·2**P lies in [R_r, R_r + 1] (R_r exact
+    when the bracket has width 0); the sum is bracketed by taking each term's
+    bound on the side its sign calls for, and P grows until both ends round alike.
+    """
+    emin = int(min(e))
+    A = DY * D * _column([1 << (int(ei) - emin) for ei in e])
+    neg = np.where(A < 0, A, 0)
+    pos = np.where(A > 0, A, 0)
+    r2 = [1 / v for v in veps]
+    smallest = min((q.numerator.bit_length() - q.denominator.bit_length()) // 2 for q in r2)
+    bits = _format(dt)[0] + _GUARD
+    while True:
+        P = max(0, bits + 2 - smallest)
+        R, inexact = [], []
+        for q in r2:
+            scaled = q.numerator << (2 * P)
+            s = math.isqrt(scaled // q.denominator)
+            R.append(s)
+            inexact.append(0 if s * s * q.denominator == scaled else 1)
+        width = _column(inexact)
+        base = (A * _column(R)).sum(axis=0)
+        lo = base + (neg * width).sum(axis=0)
+        hi = base + (pos * width).sum(axis=0)
+        ex = edy + emin - P
+        den = np.full(A.shape[1], n << max(-ex, 0), dtype=object)
+        y_lo = _round_quotients(lo * (1 << max(ex, 0)), den, dt)
+        if bits > 1 << 14 or np.array_equal(
+            y_lo, _round_quotients(hi * (1 << max(ex, 0)), den, dt)
+        ):
+            return y_lo
+        bits *= 4
+
+
+# --------------------------------------------------------------------------------------
+# The metric
+# --------------------------------------------------------------------------------------
+
+
+def ulp_error(y, reference, *, per_row: bool | int = False, floor: float = ULP_FLOOR):
+    """``|y - reference|`` in units of the spacing of ``y``'s dtype at ``max(|reference|, floor)``.
+
+    Parameters
+    ----------
+    y : array_like of float32 or float64
+        The result under test; its dtype sets the unit.
+    reference : array_like
+        The exact result (as :func:`reference_layer_norm` returns), same shape.
+    per_row : bool or int
+        False: the maximum over all elements, a float. True: the maximum over the
+        last axis, an array of shape ``y.shape[:-1]``; an int ``k``: over the last
+        ``k`` axes (use ``len(normalized_shape)`` for multi-axis rows).
+    floor : float
+        Magnitudes below ``floor`` are measured at ``floor`` (default ``2**-10``).
+
+    Non-finite values: where both are NaN, or both the same infinity, the error is
+    0; where exactly one is non-finite or they differ (NaN against Inf, +Inf
+    against -Inf) it is ``inf``. The difference is taken in a type wider than
+    ``y``'s, so it is exact (float32) or nearly so (float64, longdouble).
+    """
+    y = np.asarray(y)
+    ref = np.asarray(reference)
+    if y.shape != ref.shape:
+        raise ValueError(f"y has shape {y.shape} but reference has shape {ref.shape}")
+    dt = y.dtype if y.dtype.kind == "f" else np.dtype(np.float64)
+    wide = np.dtype(np.longdouble) if dt.itemsize >= 8 else np.dtype(np.float64)
+    with np.errstate(all="ignore"):
+        yw, rw = y.astype(wide), ref.astype(wide)
+        finite = np.isfinite(yw) & np.isfinite(rw)
+        scale = np.maximum(np.abs(rw), wide.type(floor))
+        scale = np.minimum(scale, wide.type(np.finfo(dt).max)).astype(dt)
+        unit = np.spacing(scale).astype(wide)
+        err = np.where(finite, np.abs(yw - rw) / unit, 0).astype(np.float64)
+        same = (np.isnan(yw) & np.isnan(rw)) | (yw == rw)
+    err = np.where(finite | same, err, np.inf)
+    if per_row is False or per_row is None:
+        return float(err.max()) if err.size else 0.0
+    k = 1 if per_row is True else int(per_row)
+    if not 1 <= k <= err.ndim:
+        raise ValueError(f"per_row must be True or 1..{err.ndim}, got {per_row!r}")
+    axes = tuple(range(err.ndim - k, err.ndim))
+    if err.size == 0:
+        return np.zeros(err.shape[: err.ndim - k])
+    return err.max(axis=axes)
+
+
+# --------------------------------------------------------------------------------------
+# Adversarial inputs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Case:
+    """One named input: call ``fn(*case.args)``, the arguments in LayerNorm order.
+
+    ``tags`` name what the case tests: ``"exact"`` (every output must equal
+    ``bias`` exactly: constant and one-element rows), ``"nonfinite"`` (some rows hold
+    NaN/Inf; the others must not be touched), ``"affine"``, ``"long"``, …
+    """
+
+    name: str
+    x: np.ndarray
+    normalized_shape: tuple[int, ...]
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    eps: float = 1e-5
+    description: str = ""
+    tags: frozenset = frozenset()
+    _ref: Any = field(default=None, repr=False)
+
+    @property
+    def args(self) -> tuple:
+        return (self.x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def reference(self):
+        """``reference_layer_norm`` of this case, ``(y, mean, rstd)``, computed once."""
+        if self._ref is None:
+            self._ref = reference_layer_norm(*self.args)
+        return self._ref
+
+
+def adversarial_inputs(dtype=np.float32, seed: int = 0, *, quick: bool = False) -> dict:
+    """Named LayerNorm inputs that break naive implementations.
+
+    Parameters
+    ----------
+    dtype : float32 or float64
+    seed : int
+        Seeds the random parts; the same seed gives the same arrays.
+    quick : bool
+        Shrink the long rows (2**16 → 2**12 elements, the single row of 2**20 → 2**14)
+        and the row counts, for a fast smoke run. The names stay the same.
+
+    Returns
+    -------
+    dict of name -> :class:`Case`
+        The classes: ``offset_1e3``…``offset_1e6`` (and ``offset_1e8`` for float64;
+        ``offset_*_affine`` with random weight and bias), ``tiny_spread``
+        (c + i·δ with δ a few ulps of c), ``squares_overflow_*`` (magnitudes 1e20,
+        1e30 and uniform up to ±3e38 for float32; 1e200, 1e300, ±1e308 for float64),
+        ``squares_underflow`` (1e-20 / 1e-200 with eps = 0), ``long_rows`` (2**16),
+        ``long_row_single`` (one row of 2**20), ``outlier`` / ``outlier_first``,
+        ``variance_near_eps``, ``rows_of_3`` / ``rows_of_4``, ``multi_axis``,
+        ``constant_rows`` / ``constant_rounds_equal`` / ``one_element_rows`` (tag
+        ``exact``), ``nonfinite_rows`` (tag ``nonfinite``).
+    """
+    dt = np.dtype(dtype)
+    _format(dt)
+    f64 = dt == np.float64
+    rng = np.random.default_rng(seed)
+    rows, cols = (8, 256) if quick else (32, 1024)
+    long_n, single_n = (1 << 12, 1 << 14) if quick else (1 << 16, 1 << 20)
+    cases: dict[str, Case] = {}
+
+    def add(name, x, shape, weight=None, bias=None, eps=1e-5, description="", tags=()):
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float64).astype(dt))
+        shape = _as_dims(shape)
+        weight = None if weight is None else np.asarray(weight).astype(dt)
+        bias = None if bias is None else np.asarray(bias).astype(dt)
+        cases[name] = Case(name, x, shape, weight, bias, eps, description, frozenset(tags))
+
+    def normal(*shape):
+        return rng.standard_normal(shape)
+
+    offsets = [1e3, 1e4, 1e5, 1e6] + ([1e8] if f64 else [])
+    for c in offsets:
+        tag = f"1e{round(math.log10(c))}"
+        add(f"offset_{tag}", c + normal(rows, cols), cols, description=f"{c:g} + N(0,1)")
+    for c in (1e4, 1e6) + ((1e8,) if f64 else ()):
+        tag = f"1e{round(math.log10(c))}"
+        add(
+            f"offset_{tag}_affine",
+            c + normal(rows, cols),
+            cols,
+            1 + 0.5 * normal(cols),
+            normal(cols),
+            description=f"{c:g} + N(0,1), weight N(1, 0.5²), bias N(0,1)",
+            tags={"affine"},
+        )
+
+    # c + i·δ: a spread of a few ulps of c, far below sqrt(eps) and far below c
+    n_spread = 256
+    cs = np.array([1.0, 3.0, 1e3, 7e4, 1e6, 3e7, 1e10, 1e20] * 2)
+    xs = []
+    for k, c in enumerate(cs):
+        c = float(np.asarray(c, dtype=dt))
+        delta = float(np.spacing(np.asarray(c, dtype=dt))) * (1 + k % 3)
+        xs.append(c + delta * np.arange(n_spread))
+    add(
+        "tiny_spread",
+        np.array(xs),
+        n_spread,
+        eps=0.0,
+        description="c + i·δ, δ = 1..3 ulps of c, c = 1 … 1e20, eps = 0",
+    )
+    add(
+        "tiny_spread_eps",
+        np.array(xs),
+        n_spread,
+        description="c + i·δ, δ = 1..3 ulps of c, c = 1 … 1e20, eps = 1e-5",
+    )
+
+    big = (1e200, 1e300) if f64 else (1e20, 1e30)
+    for s in big:
+        tag = f"1e{round(math.log10(s))}"
+        add(f"squares_overflow_{tag}", s * normal(rows, cols), cols, description=f"{s:g}·N(0,1)")
+    top = 1e308 if f64 else 3e38
+    add(
+        "squares_overflow_uniform",
+        top * rng.uniform(-1.0, 1.0, (rows, cols)),
+        cols,
+        description=f"uniform(±{top:g})",
+    )
+    add(
+        "squares_overflow_offset",
+        big[1] * (1 + 1e-3 * normal(rows, cols)),
+        cols,
+        description=f"{big[1]:g}·(1 + 1e-3·N(0,1))",
+    )
+    tiny = 1e-200 if f64 else 1e-20
+    add(
+        "squares_underflow",
+        tiny * normal(rows, cols),
+        cols,
+        eps=0.0,
+        description=f"{tiny:g}·N(0,1), eps = 0",
+    )
+    add(
+        "long_rows",
+        100 + 3 * normal(4 if not quick else 2, long_n),
+        long_n,
+        description=f"rows of {long_n}: 100 + 3·N(0,1)",
+        tags={"long"},
+    )
+    add(
+        "long_row_single",
+        1e4 + normal(1, single_n),
+        single_n,
+        description=f"one row of {single_n}: 1e4 + N(0,1)",
+        tags={"long"},
+    )
+    x = normal(rows, cols)
+    x[np.arange(rows), rng.integers(1, cols, rows)] = 1e4 * rng.choice([-1.0, 1.0], rows)
+    add("outlier", x, cols, description="N(0,1) with one ±1e4 per row")
+    x = normal(rows, cols)
+    x[:, 0] = 1e4 * rng.choice([-1.0, 1.0], rows)
+    add("outlier_first", x, cols, description="N(0,1) with ±1e4 at position 0")
+    scales = np.sqrt(1e-5) * np.geomspace(0.03, 30, rows)[:, None]
+    add(
+        "variance_near_eps",
+        scales * normal(rows, cols) + 5.0,
+        cols,
+        description="5 + s·N(0,1), s² = 1e-3…1e3 × eps",
+    )
+    short = 256 if quick else 2048
+    add(
+        "rows_of_3",
+        1e3 + normal(short, 3),
+        3,
+        1 + normal(3),
+        normal(3),
+        description="1e3 + N(0,1), 3 per row, affine",
+        tags={"affine"},
+    )
+    add("rows_of_4", 1e4 + normal(short, 4), 4, description="1e4 + N(0,1), 4 per row")
+    add(
+        "multi_axis",
+        1e4 + normal(4, 3, 16, 24),
+        (16, 24),
+        1 + 0.5 * normal(16, 24),
+        normal(16, 24),
+        description="normalized_shape (16, 24) of (4, 3, 16, 24), 1e4 + N(0,1), affine",
+        tags={"affine"},
+    )
+    consts = [0.0, 1.0, -3.3, 1e-30, 1e4 + 0.1, 3e38, -1e20, 1e-40]
+    if f64:
+        consts += [1e300, -1.7e308, 5e-324]
+    x = np.repeat(np.array(consts)[:, None], 96, axis=1)
+    add(
+        "constant_rows",
+        x,
+        96,
+        normal(96),
+        normal(96),
+        description="constant rows of 0, ±small, ±huge, subnormal values",
+        tags={"exact"},
+    )
+    base = 1e15 if not f64 else 1e17
+    add(
+        "constant_rounds_equal",
+        base + np.tile(np.arange(5.0), (4, 1)),
+        5,
+        normal(5),
+        normal(5),
+        description=f"{base:g} + 0…4, which round to one value",
+        tags={"exact"},
+    )
+    add(
+        "one_element_rows",
+        np.concatenate([1e4 + normal(32), [0.0, 1e30, -1e-30, 1e-45]])[:, None],
+        1,
+        [2.5],
+        [-0.75],
+        description="rows of one element: y = bias whatever the weight",
+        tags={"exact"},
+    )
+    x = 1e3 + normal(8, 64)
+    x[1, 5] = np.nan
+    x[3, 0] = np.inf
+    x[5, 63] = -np.inf
+    x[7, [2, 9]] = [np.inf, -np.inf]
+    add(
+        "nonfinite_rows",
+        x,
+        64,
+        description="rows 1, 3, 5, 7 hold NaN / Inf; rows 0, 2, 4, 6 must stay finite and exact",
+        tags={"nonfinite"},
+    )
+    return cases
+
+
+# --------------------------------------------------------------------------------------
+# Implementations to compare
+# --------------------------------------------------------------------------------------
+
+
+def lnrs_fn(x, normalized_shape, weight, bias, eps):
+    """lnrs.layer_norm."""
+    import lnrs
+
+    return lnrs.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+def numpy_fn(x, normalized_shape, weight, bias, eps):
+    """A naive two-pass LayerNorm in NumPy in the input dtype (float32 for float32)."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - len(_as_dims(normalized_shape)), x.ndim))
+    with np.errstate(all="ignore"):
+        mean = x.mean(axis=axes, keepdims=True, dtype=x.dtype)
+        d = x - mean
+        var = (d * d).mean(axis=axes, keepdims=True, dtype=x.dtype)
+        y = d / np.sqrt(var + x.dtype.type(eps))
+        if weight is not None:
+            y = y * np.asarray(weight, dtype=x.dtype)
+        if bias is not None:
+            y = y + np.asarray(bias, dtype=x.dtype)
+    return y
+
+
+def torch_fn(x, normalized_shape, weight, bias, eps):
+    """torch.nn.functional.layer_norm on the CPU (raises ImportError without torch)."""
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError("torch_fn needs PyTorch: pip install torch") from err
+
+    def t(a):
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=x.dtype))
+
+    with torch.no_grad():
+        y = torch.nn.functional.layer_norm(
+            t(x), tuple(_as_dims(normalized_shape)), t(weight), t(bias), eps
+        )
+    return y.numpy()
+
+
+_ORT_SESSIONS: dict = {}
+
+
+def onnxruntime_fn(x, normalized_shape, weight, bias, eps):
+    """ONNX ``LayerNormalization`` (opset 17) in ONNX Runtime's CPU provider
+    (raises ImportError without onnx and onnxruntime). The epsilon attribute is
+    stored as float32, as ONNX defines it; float64 input computes in float64
+    (``stash_type`` = double)."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError as err:
+        raise ImportError(
+            "onnxruntime_fn needs onnx and onnxruntime: pip install onnx onnxruntime"
+        ) from err
+    x = np.ascontiguousarray(x)
+    dims = _as_dims(normalized_shape)
+    key = (x.dtype.str, x.ndim, dims, bias is not None, float(eps))
+    session = _ORT_SESSIONS.get(key)
+    if session is None:
+        elem = TensorProto.DOUBLE if x.dtype == np.float64 else TensorProto.FLOAT
+        inputs = [
+            helper.make_tensor_value_info("x", elem, [None] * x.ndim),
+            helper.make_tensor_value_info("w", elem, list(dims)),
+        ]
+        names = ["x", "w"]
+        if bias is not None:
+            inputs.append(helper.make_tensor_value_info("b", elem, list(dims)))
+            names.append("b")
+        node = helper.make_node(
+            "LayerNormalization",
+            names,
+            ["y"],
+            axis=x.ndim - len(dims),
+            epsilon=float(eps),
+            stash_type=elem,
+        )
+        graph = helper.make_graph(
+            [node],
+            "layer_norm",
+            inputs,
+            [helper.make_tensor_value_info("y", elem, [None] * x.ndim)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = min(model.ir_version, 8)
+        onnx.checker.check_model(model)
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        _ORT_SESSIONS[key] = session
+    feeds = {"x": x, "w": np.ones(dims, x.dtype) if weight is None else np.asarray(weight, x.dtype)}
+    if bias is not None:
+        feeds["b"] = np.asarray(bias, x.dtype)
+    return session.run(None, feeds)[0]
+
+
+#: The peers :func:`peer_fn` knows, and the modules each needs.
+PEERS = {
+    "numpy": (numpy_fn, ("numpy",)),
+    "onnxruntime": (onnxruntime_fn, ("onnx", "onnxruntime")),
+    "torch": (torch_fn, ("torch",)),
+}
+
+
+def peer_fn(name: str) -> Callable | None:
+    """The adapter named ``name`` (a key of :data:`PEERS`, or ``"lnrs"``), or None
+    when a package it needs is not installed."""
+    import importlib.util
+
+    if name == "lnrs":
+        return lnrs_fn
+    if name not in PEERS:
+        raise ValueError(f"unknown implementation {name!r}; known: lnrs, {', '.join(PEERS)}")
+    fn, modules = PEERS[name]
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            return None
+    return fn
+
+
+# --------------------------------------------------------------------------------------
+# The harness
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What :func:`compare` found for one case.
+
+    ``max_ulp``: the largest :func:`ulp_error` of the output (``inf`` when ``fn``
+    raised, returned the wrong shape, or put NaN/Inf where the reference has
+    none). ``nonfinite``: ``fn`` produced NaN/Inf where the reference is finite.
+    ``error``: the exception ``fn`` raised, as text, or None.
+    """
+
+    name: str
+    max_ulp: float
+    nonfinite: bool
+    error: str | None = None
+
+
+def compare(fn: Callable, cases=None, dtype=np.float32) -> dict:
+    """Run a LayerNorm over adversarial cases and measure it against the exact reference.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(x, normalized_shape, weight, bias, eps) -> y``: ``x`` an ndarray,
+        ``normalized_shape`` a tuple of ints (the trailing axes of ``x``),
+        ``weight``/``bias`` ndarrays of that shape in ``x``'s dtype or None,
+        ``eps`` a float; ``y`` anything ``np.asarray`` takes, of ``x``'s shape.
+        Wrap other conventions: e.g. for PyTorch see :func:`torch_fn`.
+    cases : mapping of name -> Case, or iterable of Case, optional
+        Default ``adversarial_inputs(dtype)``. Each case's reference is computed
+        once and kept on the case, so passing the same cases to several ``compare``
+        calls costs the reference only once.
+    dtype : float32 or float64
+        The dtype of the default cases.
+
+    Returns
+    -------
+    dict of name -> :class:`CaseResult`
+        The error is measured in ulps of ``y``'s dtype as it comes back (an
+        implementation that returns float64 for float32 input is measured in
+        float64 ulps). An ``ImportError`` from ``fn`` propagates; other exceptions
+        are recorded in the result.
+    """
+    if cases is None:
+        cases = adversarial_inputs(dtype)
+    items = cases.values() if isinstance(cases, Mapping) else cases
+    results = {}
+    for case in items:
+        results[case.name] = _run_case(fn, case)
+    return results
+
+
+def _run_case(fn: Callable, case: Case) -> CaseResult:
+    ref = case.reference()[0]
+    try:
+        with np.errstate(all="ignore"):  # NaN/Inf are what is being measured
+            y = np.asarray(fn(*case.args))
+    except ImportError:
+        raise
+    except Exception as err:  # noqa: BLE001 - recorded, not hidden
+        return CaseResult(case.name, math.inf, False, f"{type(err).__name__}: {err}")
+    if y.shape != ref.shape:
+        return CaseResult(
+            case.name, math.inf, False, f"returned shape {y.shape}, expected {ref.shape}"
+        )
+    if y.dtype.kind != "f":
+        y = y.astype(ref.dtype)
+    nonfinite = bool((~np.isfinite(y) & np.isfinite(ref)).any())
+    return CaseResult(case.name, ulp_error(y, ref), nonfinite)
