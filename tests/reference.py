@@ -158,3 +158,75 @@ def scaled_ulp_error(y, ref, scale, dtype) -> np.ndarray:
     diff = np.abs(np.asarray(y).astype(wide) - ref)
     s = np.maximum(np.abs(np.asarray(scale)).astype(wide), wide.type(ULP_FLOOR))
     return (diff / np.spacing(s.astype(dtype)).astype(wide)).astype(np.float64)
+
+
+# ----------------------------------------------------------------------- RMSNorm
+
+
+def reference_rms_stats(x, ndims: int, eps: float | None = None):
+    """Per-row `rstd = 1/sqrt(mean(x²) + eps)` in the wide type (lead shape), and
+    `x` as (rows, cols) in the wide type. `eps=None` is `finfo(x.dtype).eps`, as
+    `torch.nn.functional.rms_norm`.
+
+    No rescaling is needed in the wide type for the magnitudes the tests use:
+    float32 squares span 1e±90 in float64 and float64 squares 1e±600 in the
+    80-bit long double.
+    """
+    x = np.asarray(x)
+    if eps is None:
+        eps = float(np.finfo(x.dtype).eps)
+    wide = wide_dtype(x.dtype)
+    lead = x.shape[: x.ndim - ndims]
+    xr = rows_view(x, ndims).astype(wide)
+    n = xr.shape[1]
+    ms = (xr * xr).sum(axis=1, dtype=wide) / wide.type(n)
+    rstd = wide.type(1) / np.sqrt(ms + wide.type(eps))
+    return rstd.reshape(lead), xr
+
+
+def reference_rms_norm(x, normalized_shape, weight=None, eps: float | None = None):
+    """(y, rstd) of RMSNorm in the wide type; y has x's shape.
+
+    `y = x / sqrt(mean(x²) + eps) · weight` over the trailing `normalized_shape`
+    axes (torch.nn.functional.rms_norm, ONNX RMSNormalization).
+    """
+    x = np.asarray(x)
+    dims = (normalized_shape,) if np.ndim(normalized_shape) == 0 else tuple(normalized_shape)
+    wide = wide_dtype(x.dtype)
+    rstd, xr = reference_rms_stats(x, len(dims), eps)
+    y = xr * rstd.reshape(-1)[:, None]
+    if weight is not None:
+        y = y * np.asarray(weight).astype(x.dtype).astype(wide).reshape(-1)
+    return y.reshape(x.shape), rstd
+
+
+def reference_rms_norm_backward(dy, x, normalized_shape, weight=None, eps: float | None = None):
+    """Exact-to-the-wide-type gradients of `sum(rms_norm(x, ...) * dy)`.
+
+    Returns `(dx, dweight, scales)` in the wide type, with `g = dy·weight`,
+    `xhat = x·rstd`: `dx = rstd·(g − xhat·mean(g·xhat))`, `dweight = Σ_rows dy·xhat`
+    (what a weight of ones gets without a weight), and `scales` the magnitudes
+    they are formed from: `dx` -> `rstd·(|g| + |xhat|·mean|g·xhat|)`,
+    `dweight` -> `Σ_rows |dy·xhat|`. rstd is the exact one of `x`.
+    """
+    x = np.asarray(x)
+    dims = (normalized_shape,) if np.ndim(normalized_shape) == 0 else tuple(normalized_shape)
+    wide = wide_dtype(x.dtype)
+    rstd, xr = reference_rms_stats(x, len(dims), eps)
+    rstd = rstd.reshape(-1)[:, None]
+    n = wide.type(xr.shape[1])
+    dyr = rows_view(np.asarray(dy).astype(x.dtype), len(dims)).astype(wide)
+    if weight is None:
+        g = dyr
+    else:
+        g = dyr * np.asarray(weight).astype(x.dtype).astype(wide).reshape(-1)
+    xhat = xr * rstd
+    b = (g * xhat).sum(axis=1, dtype=wide)[:, None] / n
+    dx = rstd * (g - xhat * b)
+    abs_b = np.abs(g * xhat).sum(axis=1, dtype=wide)[:, None] / n
+    dweight = (dyr * xhat).sum(axis=0, dtype=wide)
+    scales = {
+        "dx": (rstd * (np.abs(g) + np.abs(xhat) * abs_b)).reshape(x.shape),
+        "dweight": np.abs(dyr * xhat).sum(axis=0, dtype=wide).reshape(dims),
+    }
+    return dx.reshape(x.shape), dweight.reshape(dims), scales

@@ -118,7 +118,7 @@ def like_x(a, x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have shape {x.shape} (that of x), got {a.shape}")
     if a.dtype != x.dtype:
         raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {a.dtype}")
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def row_stat(a, name: str, lead: tuple[int, ...], x: np.ndarray) -> np.ndarray:
@@ -136,4 +136,5 @@ def row_stat(a, name: str, lead: tuple[int, ...], x: np.ndarray) -> np.ndarray:
             f"{name} must have shape {lead} and dtype {dtype}, as layer_norm_forward returns "
             f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
         )
-    return np.ascontiguousarray(a).reshape(-1)
+    # Not np.ascontiguousarray: it turns the 0-d statistics of a single row into 1-d.
+    return a if a.flags.c_contiguous else a.copy(order="C")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _checks, _lnrs
@@ -100,7 +98,13 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
     was rounded to float32. ``dweight`` and ``dbias`` add the rows in fixed blocks
     in a fixed order: bitwise the same for any thread count.
     """
-    return backward_checked(dy, x, mean, rstd, normalized_shape, weight, centred=True)
+    # The native call reads a missing mean as RMSNorm's: LayerNorm's must have one.
+    result = (
+        None if mean is None else _lnrs.norm_backward(dy, x, mean, rstd, normalized_shape, weight)
+    )
+    if result is None:
+        result = backward_checked(dy, x, mean, rstd, normalized_shape, weight, centred=True)
+    return result
 
 
 def backward_checked(dy, x, mean, rstd, normalized_shape, weight, *, centred):
@@ -113,21 +117,10 @@ def backward_checked(dy, x, mean, rstd, normalized_shape, weight, *, centred):
     mean = _checks.row_stat(mean, "mean", lead, x) if centred else None
     rstd = _checks.row_stat(rstd, "rstd", lead, x)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
-    rows, cols = math.prod(lead), math.prod(dims)
-    dx = np.empty(x.shape, dtype=x.dtype)
-    dweight = np.empty(dims, dtype=x.dtype)
-    dbias = None if mean is None else np.empty(dims, dtype=x.dtype)
-    _lnrs.norm_backward(
-        dy.reshape(rows, cols),
-        np.ascontiguousarray(x).reshape(rows, cols),
-        mean,
-        rstd,
-        None if weight is None else weight.reshape(-1),
-        dx.reshape(rows, cols),
-        dweight.reshape(-1),
-        None if dbias is None else dbias.reshape(-1),
-    )
-    return (dx, dweight) if mean is None else (dx, dweight, dbias)
+    result = _lnrs.norm_backward(dy, np.ascontiguousarray(x), mean, rstd, dims, weight)
+    if result is None:
+        raise AssertionError("lnrs: the native fast path declined checked arguments")
+    return result
 
 
 def _layer_norm_native(x, dims, weight, bias, eps, out, stats):

@@ -26,16 +26,15 @@ def rms_norm_forward(
     """RMSNorm's forward for kernel-ready arguments; None for anything else."""
 
 def norm_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    mean: np.ndarray | None,
-    rstd: np.ndarray,
-    weight: np.ndarray | None,
-    dx: np.ndarray,
-    dweight: np.ndarray,
-    dbias: np.ndarray | None,
-) -> None:
-    """LayerNorm's backward, or RMSNorm's without mean and dbias."""
+    dy: object,
+    x: object,
+    mean: object,
+    rstd: object,
+    normalized_shape: object,
+    weight: object,
+) -> tuple[np.ndarray, ...] | None:
+    """(dx, dweight, dbias) for LayerNorm, (dx, dweight) for RMSNorm (mean None),
+    for kernel-ready arguments; None for anything else."""
 
 def triad(x: np.ndarray, y: np.ndarray, a: float, b: float) -> None: ...
 def set_num_threads(n: int) -> None: ...

@@ -98,7 +98,10 @@ def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None):
     Matches autograd through ``torch.nn.functional.rms_norm``; sums in float64,
     ``dweight`` over fixed blocks of rows in a fixed order (deterministic).
     """
-    return backward_checked(dy, x, None, rstd, normalized_shape, weight, centred=False)
+    result = _lnrs.norm_backward(dy, x, None, rstd, normalized_shape, weight)
+    if result is None:
+        result = backward_checked(dy, x, None, rstd, normalized_shape, weight, centred=False)
+    return result
 
 
 def _native(x, dims, weight, bias, eps, out, stats):

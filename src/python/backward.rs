@@ -1,98 +1,160 @@
 //! LayerNorm and RMSNorm backward, and the triad the benchmarks measure against.
 
+use super::arrays::{dims, Ready};
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
 use crate::kernels::layer_norm_backward::{layer_norm_backward as backward_kernel, Backward};
 use crate::kernels::simd;
 use crate::kernels::triad::triad as triad_kernel;
 use numpy::{
-    PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2, PyUntypedArrayMethods,
+    PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
-fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_typed<'py, T>(
-    py: Python<'py>,
-    dy: &Bound<'py, PyAny>,
-    x: PyReadonlyArray2<'py, T>,
-    mean: Option<&Bound<'py, PyAny>>,
-    rstd: &Bound<'py, PyAny>,
-    weight: Option<&Bound<'py, PyAny>>,
-    dx: &Bound<'py, PyAny>,
-    dweight: &Bound<'py, PyAny>,
-    dbias: Option<&Bound<'py, PyAny>>,
-) -> PyResult<()>
-where
-    T: Element + numpy::Element,
-    T::Stat: numpy::Element,
-{
-    let contiguous = |name: &str| PyValueError::new_err(format!("{name} must be C-contiguous"));
-    let cols = x.shape()[1];
-    let dy: PyReadonlyArray2<'py, T> = dy.extract()?;
-    let mean: Option<PyReadonlyArray1<'py, T::Stat>> = mean.map(|m| m.extract()).transpose()?;
-    let rstd: PyReadonlyArray1<'py, T::Stat> = rstd.extract()?;
-    let w: Option<PyReadonlyArray1<'py, T>> = weight.map(|w| w.extract()).transpose()?;
-    let mut dx: PyReadwriteArray2<'py, T> = dx.extract()?;
-    let mut dw: PyReadwriteArray1<'py, T> = dweight.extract()?;
-    let mut db: Option<PyReadwriteArray1<'py, T>> = dbias.map(|d| d.extract()).transpose()?;
-    let args = Backward {
-        dy: dy.as_slice().map_err(|_| contiguous("dy"))?,
-        x: x.as_slice().map_err(|_| contiguous("x"))?,
-        mean: mean.as_ref().map(|m| slice(m, "mean")).transpose()?,
-        rstd: slice(&rstd, "rstd")?,
-        cols,
-        weight: w.as_ref().map(|w| slice(w, "weight")).transpose()?,
-    };
-    let dx = dx.as_slice_mut().map_err(|_| contiguous("dx"))?;
-    let dw = dw.as_slice_mut().map_err(|_| contiguous("dweight"))?;
-    let mut db_scratch = Vec::new();
-    let db = match db.as_mut() {
-        Some(db) => db.as_slice_mut().map_err(|_| contiguous("dbias"))?,
-        None => {
-            db_scratch.resize(cols, T::ZERO);
-            &mut db_scratch[..]
-        }
-    };
-    let level = simd::active();
-    let elements = args.x.len();
-    maybe_detach(py, elements, move || {
-        backward_kernel(level, args, dx, dw, db)
-    })
-    .map_err(value_error)
-}
-
-/// Fill `dx` (2-D like `x`), `dweight` and `dbias` (1-D, one per column) from
-/// `dy`, `x` and the forward pass's `mean`/`rstd`. Without `mean` (and
-/// `dbias`), RMSNorm's backward.
+/// The whole backward call for kernel-ready arguments (see the forward fast
+/// path): `(dx, dweight, dbias)` for LayerNorm, `(dx, dweight)` for RMSNorm
+/// (`mean` None). `dy`, `x` C-contiguous aligned arrays of one float dtype and
+/// shape; `mean`/`rstd` of the leading shape in the statistics dtype;
+/// `weight` None or of `normalized_shape`. None for anything else: the Python
+/// layer then converts or reports.
 #[pyfunction]
-#[pyo3(signature = (dy, x, mean, rstd, weight, dx, dweight, dbias))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (dy, x, mean, rstd, normalized_shape, weight))]
 pub fn norm_backward<'py>(
     py: Python<'py>,
     dy: &Bound<'py, PyAny>,
     x: &Bound<'py, PyAny>,
-    mean: Option<&Bound<'py, PyAny>>,
+    mean: &Bound<'py, PyAny>,
     rstd: &Bound<'py, PyAny>,
-    weight: Option<&Bound<'py, PyAny>>,
-    dx: &Bound<'py, PyAny>,
-    dweight: &Bound<'py, PyAny>,
-    dbias: Option<&Bound<'py, PyAny>>,
-) -> PyResult<()> {
-    if let Ok(x) = x.extract::<PyReadonlyArray2<'py, f32>>() {
-        backward_typed(py, dy, x, mean, rstd, weight, dx, dweight, dbias)
-    } else if let Ok(x) = x.extract::<PyReadonlyArray2<'py, f64>>() {
-        backward_typed(py, dy, x, mean, rstd, weight, dx, dweight, dbias)
+    normalized_shape: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let args = Args {
+        dy,
+        mean,
+        rstd,
+        normalized_shape,
+        weight,
+    };
+    if let Some(x) = Ready::<f32>::take(x) {
+        backward_typed(py, x, args)
+    } else if let Some(x) = Ready::<f64>::take(x) {
+        backward_typed(py, x, args)
     } else {
-        Err(PyTypeError::new_err(
-            "x must be a 2-D float32 or float64 array",
-        ))
+        Ok(None)
     }
+}
+
+struct Args<'a, 'py> {
+    dy: &'a Bound<'py, PyAny>,
+    mean: &'a Bound<'py, PyAny>,
+    rstd: &'a Bound<'py, PyAny>,
+    normalized_shape: &'a Bound<'py, PyAny>,
+    weight: &'a Bound<'py, PyAny>,
+}
+
+fn backward_typed<'py, T>(
+    py: Python<'py>,
+    x: Ready<'_, 'py, T>,
+    args: Args<'_, 'py>,
+) -> PyResult<Option<Bound<'py, PyAny>>>
+where
+    T: Element + numpy::Element,
+    T::Stat: numpy::Element,
+{
+    let shape = x.shape();
+    let Some(dims) = dims(args.normalized_shape) else {
+        return Ok(None);
+    };
+    if dims.is_empty() || dims.len() > shape.len() || shape[shape.len() - dims.len()..] != dims[..]
+    {
+        return Ok(None);
+    }
+    let lead = &shape[..shape.len() - dims.len()];
+    let (rows, cols) = (
+        lead.iter().product::<usize>(),
+        dims.iter().product::<usize>(),
+    );
+    let Some(dy) = Ready::<T>::take(args.dy).filter(|d| d.shape() == shape) else {
+        return Ok(None);
+    };
+    let Some(rstd) = Ready::<T::Stat>::take(args.rstd).filter(|s| s.shape() == lead) else {
+        return Ok(None);
+    };
+    let mean = match args.mean.is_none() {
+        true => None,
+        false => match Ready::<T::Stat>::take(args.mean).filter(|s| s.shape() == lead) {
+            Some(m) => Some(m),
+            None => return Ok(None),
+        },
+    };
+    let weight = match args.weight.is_none() {
+        true => None,
+        false => match Ready::<T>::take(args.weight).filter(|w| w.shape() == dims) {
+            Some(w) => Some(w),
+            None => return Ok(None),
+        },
+    };
+    // SAFETY: the outputs are new arrays, so nothing else refers to them; every
+    // element is written by the kernel before Python sees it.
+    let (dx, dweight, dbias) = unsafe {
+        (
+            PyArrayDyn::<T>::new(py, shape, false),
+            PyArrayDyn::<T>::new(py, dims.as_slice(), false),
+            mean.is_some()
+                .then(|| PyArrayDyn::<T>::new(py, dims.as_slice(), false)),
+        )
+    };
+    let mut db_scratch = Vec::new();
+    // SAFETY: inputs are only read; outputs are new and distinct (see above).
+    let (call, dx_s, dw_s, db_s) = unsafe {
+        let call = Backward {
+            dy: dy.slice(),
+            x: x.slice(),
+            mean: mean.as_ref().map(|m| m.slice()),
+            rstd: rstd.slice(),
+            cols,
+            weight: weight.as_ref().map(|w| w.slice()),
+        };
+        let db_s = match &dbias {
+            Some(d) => new_slice(d, cols),
+            None => {
+                db_scratch.resize(cols, T::ZERO);
+                &mut db_scratch[..]
+            }
+        };
+        (
+            call,
+            new_slice(&dx, rows * cols),
+            new_slice(&dweight, cols),
+            db_s,
+        )
+    };
+    let level = simd::active();
+    maybe_detach(py, rows * cols, move || {
+        backward_kernel(level, call, dx_s, dw_s, db_s)
+    })
+    .map_err(value_error)?;
+    let mut out = vec![dx.into_any(), dweight.into_any()];
+    out.extend(dbias.map(|d| d.into_any()));
+    Ok(Some(PyTuple::new(py, out)?.into_any()))
+}
+
+/// The elements of a new array of `len` elements.
+///
+/// # Safety
+/// `a` is a new C-contiguous array that no one else holds.
+#[allow(clippy::mut_from_ref)]
+unsafe fn new_slice<'a, T: numpy::Element>(
+    a: &'a Bound<'_, PyArrayDyn<T>>,
+    len: usize,
+) -> &'a mut [T] {
+    if len == 0 {
+        return &mut [];
+    }
+    // SAFETY: by the caller's promise.
+    unsafe { std::slice::from_raw_parts_mut(a.data(), len) }
 }
 
 fn triad_typed<'py, T: Element + numpy::Element>(
