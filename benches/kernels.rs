@@ -33,6 +33,7 @@ fn forward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     let args = Forward {
         norm: Norm::Layer,
         x: Input::Separate(&x),
+        residual: None,
         cols,
         weight: Some(&w),
         bias: Some(&b),
@@ -40,7 +41,7 @@ fn forward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     };
     let reps = (2e8 / (rows * cols) as f64).clamp(3.0, 200.0) as usize;
     best_of(reps, || {
-        layer_norm_forward(level, args, &mut y, &mut mean, &mut rstd).unwrap()
+        layer_norm_forward(level, args, &mut y, None, &mut mean, &mut rstd).unwrap()
     })
 }
 

@@ -179,48 +179,70 @@ fn rows_per_task(threads: usize, rows: usize, total: usize) -> usize {
     rows.div_ceil(tasks)
 }
 
-/// Call `f(first_row, y_rows, a_rows, b_rows)` over contiguous blocks of rows,
-/// where `y` has `cols` elements per row and `a`, `b` one per row. Small work
-/// runs inline on the calling thread.
-pub fn for_row_blocks<Y, A, B, F>(
-    rows: usize,
-    cols: usize,
-    y: &mut [Y],
-    a: &mut [A],
-    b: &mut [B],
-    f: F,
-) where
-    Y: Send,
-    A: Send,
-    B: Send,
-    F: Fn(usize, &mut [Y], &mut [A], &mut [B]) + Sync,
-{
-    let total = rows * cols;
-    let Some(workers) = workers_for(rows, total) else {
-        return f(0, y, a, b);
-    };
-    let block = rows_per_task(workers.threads(), rows, total);
-    let items: Vec<_> = y
-        .chunks_mut(block * cols)
-        .zip(a.chunks_mut(block))
-        .zip(b.chunks_mut(block))
-        .enumerate()
-        .collect();
-    workers.run(items, |(i, ((y, a), b))| f(i * block, y, a, b));
+/// Outputs that split at row boundaries, so that threads can take blocks of rows.
+pub trait Rows: Send + Sized {
+    /// The first `n` rows, and the rest.
+    fn split_rows(self, n: usize) -> (Self, Self);
 }
 
-/// `for_row_blocks` for an output alone.
-pub fn for_rows<Y, F>(rows: usize, cols: usize, y: &mut [Y], f: F)
-where
-    Y: Send,
-    F: Fn(usize, &mut [Y]) + Sync,
-{
-    let Some(workers) = workers_for(rows, rows * cols) else {
-        return f(0, y);
+/// A slice holding `.1` elements per row.
+pub struct PerRow<'a, Y>(pub &'a mut [Y], pub usize);
+
+impl<Y: Send> Rows for PerRow<'_, Y> {
+    fn split_rows(self, n: usize) -> (Self, Self) {
+        let (a, b) = self.0.split_at_mut(n * self.1);
+        (PerRow(a, self.1), PerRow(b, self.1))
+    }
+}
+
+impl<R: Rows> Rows for Option<R> {
+    fn split_rows(self, n: usize) -> (Self, Self) {
+        match self {
+            Some(r) => {
+                let (a, b) = r.split_rows(n);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        }
+    }
+}
+
+impl<A: Rows, B: Rows> Rows for (A, B) {
+    fn split_rows(self, n: usize) -> (Self, Self) {
+        let ((a1, a2), (b1, b2)) = (self.0.split_rows(n), self.1.split_rows(n));
+        ((a1, b1), (a2, b2))
+    }
+}
+
+impl<A: Rows, B: Rows, C: Rows> Rows for (A, B, C) {
+    fn split_rows(self, n: usize) -> (Self, Self) {
+        let ((a1, a2), (b1, b2), (c1, c2)) = (
+            self.0.split_rows(n),
+            self.1.split_rows(n),
+            self.2.split_rows(n),
+        );
+        ((a1, b1, c1), (a2, b2, c2))
+    }
+}
+
+/// Call `f(first_row, parts)` over contiguous blocks of the `rows` rows of
+/// `parts` (with `cols` elements of work per row). Small work runs inline on
+/// the calling thread.
+pub fn for_row_blocks<R: Rows, F: Fn(usize, R) + Sync>(rows: usize, cols: usize, parts: R, f: F) {
+    let total = rows * cols;
+    let Some(workers) = workers_for(rows, total) else {
+        return f(0, parts);
     };
-    let block = rows_per_task(workers.threads(), rows, rows * cols);
-    let items: Vec<_> = y.chunks_mut(block * cols).enumerate().collect();
-    workers.run(items, |(i, y)| f(i * block, y));
+    let block = rows_per_task(workers.threads(), rows, total);
+    let mut items = Vec::with_capacity(rows.div_ceil(block));
+    let (mut rest, mut first) = (parts, 0);
+    while first < rows {
+        let n = block.min(rows - first);
+        let (head, tail) = rest.split_rows(n);
+        items.push((first, head));
+        (rest, first) = (tail, first + n);
+    }
+    workers.run(items, |(first, part)| f(first, part));
 }
 
 /// At most this many fixed blocks for reductions over rows.

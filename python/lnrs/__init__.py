@@ -8,6 +8,9 @@ layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None) -> (dx, dw
 rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None)
 rms_norm_forward(...) -> (y, rstd)
 rms_norm_backward(dy, x, rstd, normalized_shape, weight=None) -> (dx, dweight)
+add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
+               sum_out=None) -> (y, x + residual)
+add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=None, sum_out=None)
 set_num_threads(n), get_num_threads(), simd_level()
 
 Classes
@@ -24,6 +27,7 @@ LNRS_SIMD         force a lower SIMD level: scalar, avx2, avx512, neon
 from . import _config
 from ._config import get_num_threads, set_num_threads, simd_level
 from ._functional import layer_norm, layer_norm_backward, layer_norm_forward
+from ._fused import add_layer_norm, add_rms_norm
 from ._lnrs import __version__
 from ._module import LayerNorm, RMSNorm
 from ._rms_norm import rms_norm, rms_norm_backward, rms_norm_forward
@@ -34,6 +38,8 @@ __all__ = [
     "LayerNorm",
     "RMSNorm",
     "__version__",
+    "add_layer_norm",
+    "add_rms_norm",
     "get_num_threads",
     "layer_norm",
     "layer_norm_backward",

@@ -121,19 +121,19 @@ def like_x(a, x: np.ndarray, name: str) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def row_stat(a, name: str, lead: tuple[int, ...], x: np.ndarray) -> np.ndarray:
-    """A per-row statistic as `layer_norm_forward` returns it for `x`."""
+def row_stat(
+    a, name: str, lead: tuple[int, ...], x: np.ndarray, producer: str = "layer_norm_forward"
+) -> np.ndarray:
+    """A per-row statistic as `producer` returns it for `x`."""
     dtype = STAT_DTYPE[x.dtype]
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a)
         except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"{name} must be an array as layer_norm_forward returns: {e}"
-            ) from None
+            raise ValueError(f"{name} must be an array as {producer} returns: {e}") from None
     if a.shape != lead or a.dtype != dtype:
         raise ValueError(
-            f"{name} must have shape {lead} and dtype {dtype}, as layer_norm_forward returns "
+            f"{name} must have shape {lead} and dtype {dtype}, as {producer} returns "
             f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
         )
     # Not np.ascontiguousarray: it turns the 0-d statistics of a single row into 1-d.

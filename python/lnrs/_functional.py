@@ -115,7 +115,8 @@ def backward_checked(dy, x, mean, rstd, normalized_shape, weight, *, centred):
     dy = _checks.like_x(dy, x, "dy")
     lead = x.shape[: x.ndim - len(dims)]
     mean = _checks.row_stat(mean, "mean", lead, x) if centred else None
-    rstd = _checks.row_stat(rstd, "rstd", lead, x)
+    producer = "layer_norm_forward" if centred else "rms_norm_forward"
+    rstd = _checks.row_stat(rstd, "rstd", lead, x, producer)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     result = _lnrs.norm_backward(dy, np.ascontiguousarray(x), mean, rstd, dims, weight)
     if result is None:

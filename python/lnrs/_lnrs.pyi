@@ -25,6 +25,19 @@ def rms_norm_forward(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | None:
     """RMSNorm's forward for kernel-ready arguments; None for anything else."""
 
+def add_norm_forward(
+    rms: bool,
+    x: object,
+    residual: object,
+    normalized_shape: object,
+    weight: object,
+    bias: object,
+    eps: object,
+    out: object,
+    sum_out: object,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y, x + residual) for kernel-ready arguments; None for anything else."""
+
 def norm_backward(
     dy: object,
     x: object,

@@ -12,12 +12,21 @@ _DEFAULT_EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.flo
 
 
 def _eps(x, eps):
+    """`eps`, or the default for `x`'s dtype; None when `x` has no float dtype
+    (the argument checks then report `x`)."""
     if eps is not None:
         return eps
     dtype = getattr(x, "dtype", None)
-    if dtype is None or dtype not in _DEFAULT_EPS:
-        dtype = np.asarray(x).dtype
-    return _DEFAULT_EPS.get(dtype, eps)
+    if dtype in _DEFAULT_EPS:
+        return _DEFAULT_EPS[dtype]
+    if dtype is None:
+        try:
+            dtype = np.asarray(x).dtype
+        except (TypeError, ValueError):
+            return None
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        return float(np.finfo(dtype).eps)
+    return None
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):

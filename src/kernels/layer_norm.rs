@@ -1,5 +1,6 @@
 //! LayerNorm and RMSNorm forward: `y = (x − mean)·rstd·weight + bias` per row,
-//! with `mean = 0` and no bias for RMSNorm.
+//! with `mean = 0` and no bias for RMSNorm; optionally of the residual stream
+//! `s = x + residual` (in the storage type), written out in the same pass.
 
 use super::element::{widen, Element};
 use super::simd::{dispatch, Kernel, Level};
@@ -9,7 +10,7 @@ use super::stats::{
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
-use crate::parallel;
+use crate::parallel::{self, PerRow};
 
 /// Where the input rows are: a separate array, or the output itself (in place).
 #[derive(Clone, Copy)]
@@ -18,11 +19,32 @@ pub enum Input<'a, T> {
     InPlace,
 }
 
-/// Everything one forward call needs besides the output buffers.
+impl<'a, T> Input<'a, T> {
+    /// Rows `first..first + n` (of `cols` elements).
+    fn rows(self, cols: usize, first: usize, n: usize) -> Self {
+        match self {
+            Input::Separate(x) => Input::Separate(&x[first * cols..(first + n) * cols]),
+            Input::InPlace => Input::InPlace,
+        }
+    }
+
+    /// Row `r` of a separate input; None in place.
+    fn row(self, cols: usize, r: usize) -> Option<&'a [T]> {
+        match self {
+            Input::Separate(x) => Some(&x[r * cols..(r + 1) * cols]),
+            Input::InPlace => None,
+        }
+    }
+}
+
+/// Everything one forward call needs besides the output buffers. With a
+/// `residual`, the rows normalised are `s = x + residual`, which go to the
+/// `sum` output; `Input::InPlace` there means `sum` holds the residual on entry.
 #[derive(Clone, Copy)]
 pub struct Forward<'a, T: Element> {
     pub norm: Norm,
     pub x: Input<'a, T>,
+    pub residual: Option<Input<'a, T>>,
     pub cols: usize,
     pub weight: Option<&'a [T]>,
     pub bias: Option<&'a [T]>,
@@ -31,16 +53,19 @@ pub struct Forward<'a, T: Element> {
 
 /// Normalise the rows of `x` (`rows × cols`, row-major) into `y`, and store each
 /// row's mean and rstd. With `Input::InPlace`, `y` holds the input on entry.
+/// `sum` is where `x + residual` goes, and must be given with a residual only.
 pub fn layer_norm_forward<T: Element>(
     level: Level,
     args: Forward<'_, T>,
     y: &mut [T],
+    sum: Option<&mut [T]>,
     mean: &mut [T::Stat],
     rstd: &mut [T::Stat],
 ) -> Result<(), KernelError> {
     let Forward {
         norm,
         x,
+        residual,
         cols,
         weight,
         bias,
@@ -51,6 +76,17 @@ pub fn layer_norm_forward<T: Element>(
     check_len("rstd", rstd.len(), rows)?;
     if let Input::Separate(x) = x {
         check_len("x", x.len(), rows * cols)?;
+    }
+    match (residual, &sum) {
+        (Some(_), None) => return Err(KernelError::Missing("sum")),
+        (None, Some(_)) => return Err(KernelError::Missing("residual")),
+        (Some(r), Some(s)) => {
+            check_len("sum", s.len(), rows * cols)?;
+            if let Input::Separate(r) = r {
+                check_len("residual", r.len(), rows * cols)?;
+            }
+        }
+        (None, None) => {}
     }
     for (name, p) in [("weight", weight), ("bias", bias)] {
         if let Some(p) = p {
@@ -80,35 +116,39 @@ pub fn layer_norm_forward<T: Element>(
             level,
             norm,
             x,
+            residual,
             cols,
             w,
             b,
             eps,
             stream,
         };
-        long.run(y, mean, rstd);
+        long.run(y, sum, mean, rstd);
         return Ok(());
     }
-    parallel::for_row_blocks(rows, cols, y, mean, rstd, |first, y, mean, rstd| {
-        let x = match x {
-            Input::Separate(x) => Input::Separate(&x[first * cols..(first + mean.len()) * cols]),
-            Input::InPlace => Input::InPlace,
+    let parts = (
+        (PerRow(y, cols), sum.map(|s| PerRow(s, cols))),
+        PerRow(mean, 1),
+        PerRow(rstd, 1),
+    );
+    parallel::for_row_blocks(rows, cols, parts, |first, parts| {
+        let ((PerRow(y, _), sum), PerRow(mean, _), PerRow(rstd, _)) = parts;
+        let n = mean.len();
+        let block = RowBlock {
+            norm,
+            x: x.rows(cols, first, n),
+            residual: residual.map(|r| r.rows(cols, first, n)),
+            cols,
+            w,
+            b,
+            eps,
+            stream,
+            y,
+            sum: sum.map(|PerRow(s, _)| s),
+            mean,
+            rstd,
         };
-        dispatch(
-            level,
-            RowBlock {
-                norm,
-                x,
-                cols,
-                w,
-                b,
-                eps,
-                stream,
-                y,
-                mean,
-                rstd,
-            },
-        );
+        dispatch(level, block);
     });
     Ok(())
 }
@@ -122,6 +162,7 @@ struct LongRows<'a, T: Element> {
     level: Level,
     norm: Norm,
     x: Input<'a, T>,
+    residual: Option<Input<'a, T>>,
     cols: usize,
     w: &'a [f64],
     b: &'a [f64],
@@ -130,13 +171,28 @@ struct LongRows<'a, T: Element> {
 }
 
 impl<T: Element> LongRows<'_, T> {
-    fn run(&self, y: &mut [T], mean: &mut [T::Stat], rstd: &mut [T::Stat]) {
+    fn run(&self, y: &mut [T], sum: Option<&mut [T]>, mean: &mut [T::Stat], rstd: &mut [T::Stat]) {
         let cols = self.cols;
+        let mut sums = sum.map(|s| s.chunks_exact_mut(cols));
         for (r, y) in y.chunks_exact_mut(cols).enumerate() {
-            let x = match self.x {
-                Input::Separate(x) => Some(&x[r * cols..(r + 1) * cols]),
-                Input::InPlace => None,
-            };
+            let mut x = self.x.row(cols, r);
+            if let (Some(s), Some(residual)) = (sums.as_mut().and_then(|s| s.next()), self.residual)
+            {
+                let residual = residual.row(cols, r);
+                let xr = x.unwrap_or(y);
+                parallel::for_blocks_mut(self.workers, s, SPLIT_BLOCK, |o, s| {
+                    let range = o..o + s.len();
+                    dispatch(
+                        self.level,
+                        AddBlock {
+                            x: &xr[range.clone()],
+                            residual: residual.map(|r| &r[range]),
+                            s,
+                        },
+                    );
+                });
+                x = Some(s);
+            }
             let stats = match self.norm {
                 Norm::Layer => row_stats_with(x.unwrap_or(y), self.eps, self),
                 Norm::Rms => rms_stats_with(x.unwrap_or(y), self.eps, self),
@@ -250,17 +306,53 @@ fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), Kern
     }
 }
 
+/// `s = x + residual` for one block of a long row.
+struct AddBlock<'a, T> {
+    x: &'a [T],
+    residual: Option<&'a [T]>,
+    s: &'a mut [T],
+}
+
+impl<T: Element> Kernel for AddBlock<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        add_residual(self.x, self.residual, self.s);
+    }
+}
+
+/// `s = x + residual`, rounded to the storage type as NumPy's `x + residual`
+/// is (the f64 sum of two narrower values is exact, so it rounds once);
+/// `residual` None: `s` holds it on entry.
+#[inline(always)]
+fn add_residual<T: Element>(x: &[T], residual: Option<&[T]>, s: &mut [T]) {
+    match residual {
+        Some(r) => {
+            for ((s, x), r) in s.iter_mut().zip(x).zip(r) {
+                *s = T::from_f64(x.to_f64() + r.to_f64());
+            }
+        }
+        None => {
+            for (s, x) in s.iter_mut().zip(x) {
+                *s = T::from_f64(x.to_f64() + s.to_f64());
+            }
+        }
+    }
+}
+
 /// A contiguous block of rows, run on one thread at one SIMD level.
 /// `w` and `b` are empty when absent.
 struct RowBlock<'a, T: Element> {
     norm: Norm,
     x: Input<'a, T>,
+    residual: Option<Input<'a, T>>,
     cols: usize,
     w: &'a [f64],
     b: &'a [f64],
     eps: f64,
     stream: bool,
     y: &'a mut [T],
+    sum: Option<&'a mut [T]>,
     mean: &'a mut [T::Stat],
     rstd: &'a mut [T::Stat],
 }
@@ -273,6 +365,7 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
         let RowBlock {
             norm,
             x,
+            residual,
             cols,
             w,
             b,
@@ -280,19 +373,29 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
             stream,
             ..
         } = self;
+        let mut sums = self.sum.map(|s| s.chunks_exact_mut(cols));
         for (r, y) in self.y.chunks_exact_mut(cols).enumerate() {
-            let stats = match x {
-                Input::Separate(x) => {
-                    let x = &x[r * cols..(r + 1) * cols];
-                    let stats = norm_stats(norm, x, eps);
-                    normalise_row(Some(x), y, &stats, w, b, stream);
+            let s = sums.as_mut().and_then(|s| s.next());
+            let stats = match (s, residual) {
+                (Some(s), Some(residual)) => {
+                    add_residual(x.row(cols, r).unwrap_or(y), residual.row(cols, r), s);
+                    let stats = norm_stats(norm, s, eps);
+                    normalise_row(Some(s), y, &stats, w, b, stream);
                     stats
                 }
-                Input::InPlace => {
-                    let stats = norm_stats(norm, y, eps);
-                    normalise_row(None, y, &stats, w, b, stream);
-                    stats
-                }
+                _ => match x {
+                    Input::Separate(x) => {
+                        let x = &x[r * cols..(r + 1) * cols];
+                        let stats = norm_stats(norm, x, eps);
+                        normalise_row(Some(x), y, &stats, w, b, stream);
+                        stats
+                    }
+                    Input::InPlace => {
+                        let stats = norm_stats(norm, y, eps);
+                        normalise_row(None, y, &stats, w, b, stream);
+                        stats
+                    }
+                },
             };
             self.mean[r] = T::Stat::from_f64(stats.mean);
             self.rstd[r] = T::Stat::from_f64(stats.rstd);
@@ -460,12 +563,13 @@ mod tests {
         let args = Forward {
             norm: Norm::Layer,
             x: Input::Separate(x),
+            residual: None,
             cols,
             weight: w,
             bias: b,
             eps: 1e-5,
         };
-        layer_norm_forward(level, args, &mut y, &mut m, &mut r).unwrap();
+        layer_norm_forward(level, args, &mut y, None, &mut m, &mut r).unwrap();
         (y, m, r)
     }
 
@@ -515,6 +619,7 @@ mod tests {
         let args = Forward {
             norm: Norm::Layer,
             x: Input::InPlace,
+            residual: None,
             cols,
             weight: None,
             bias: None,
@@ -524,6 +629,7 @@ mod tests {
             crate::kernels::simd::active(),
             args,
             &mut z,
+            None,
             &mut m2,
             &mut r2,
         )
@@ -610,26 +716,28 @@ mod tests {
         let args = Forward {
             norm: Norm::Layer,
             x: Input::Separate(&x),
+            residual: None,
             cols: 3,
             weight: None,
             bias: None,
             eps: 1e-5,
         };
         assert!(matches!(
-            layer_norm_forward(Level::Scalar, args, &mut y, &mut m, &mut r),
+            layer_norm_forward(Level::Scalar, args, &mut y, None, &mut m, &mut r),
             Err(KernelError::Length { name: "x", .. })
         ));
         let x = [0.0f32; 6];
         let args = Forward {
             norm: Norm::Layer,
             x: Input::Separate(&x),
+            residual: None,
             cols: 3,
             weight: None,
             bias: None,
             eps: f64::NAN,
         };
         assert!(matches!(
-            layer_norm_forward(Level::Scalar, args, &mut y, &mut m, &mut r),
+            layer_norm_forward(Level::Scalar, args, &mut y, None, &mut m, &mut r),
             Err(KernelError::BadEps(_))
         ));
     }

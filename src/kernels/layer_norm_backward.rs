@@ -256,18 +256,12 @@ impl<T: Element> Kernel for ApplyBlock<'_, T> {
     }
 }
 
-/// Add the blocks' column sums in block order, compensated.
+/// Add the blocks' column sums in block order (compensated for f64 storage).
 fn merge_columns<T: Element>(partials: &[f64], cols: usize, dweight: &mut [T], dbias: &mut [T]) {
     for (j, (dw, db)) in dweight.iter_mut().zip(dbias.iter_mut()).enumerate() {
-        let (mut w_hi, mut w_lo, mut b_hi, mut b_lo) = (0.0, 0.0, 0.0, 0.0);
-        for p in partials.chunks_exact(2 * cols) {
-            let (s, e) = two_sum(w_hi, p[j]);
-            (w_hi, w_lo) = (s, w_lo + e);
-            let (s, e) = two_sum(b_hi, p[cols + j]);
-            (b_hi, b_lo) = (s, b_lo + e);
-        }
-        *dw = T::from_f64(w_hi + w_lo);
-        *db = T::from_f64(b_hi + b_lo);
+        let blocks = partials.chunks_exact(2 * cols);
+        *dw = T::from_f64(add_blocks::<T>(blocks.clone().map(|p| p[j])));
+        *db = T::from_f64(add_blocks::<T>(blocks.map(|p| p[cols + j])));
     }
 }
 
@@ -583,12 +577,13 @@ mod tests {
         let fwd = Forward {
             norm,
             x: Input::Separate(&x),
+            residual: None,
             cols,
             weight: w,
             bias: None,
             eps: 1e-5,
         };
-        layer_norm_forward(level, fwd, &mut y, &mut mean, &mut rstd).unwrap();
+        layer_norm_forward(level, fwd, &mut y, None, &mut mean, &mut rstd).unwrap();
         let (mut dx, mut dw, mut db) = (
             vec![T::ZERO; rows * cols],
             vec![T::ZERO; cols],

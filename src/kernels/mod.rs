@@ -23,6 +23,8 @@ pub enum KernelError {
         got: usize,
     },
     BadEps(f64),
+    /// An input or output the other arguments call for is missing.
+    Missing(&'static str),
 }
 
 impl fmt::Display for KernelError {
@@ -36,6 +38,7 @@ impl fmt::Display for KernelError {
                 write!(f, "{name} must hold {expected} elements, got {got}")
             }
             KernelError::BadEps(eps) => write!(f, "eps must be a number >= 0, got {eps}"),
+            KernelError::Missing(name) => write!(f, "{name} is missing"),
         }
     }
 }

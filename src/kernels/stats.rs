@@ -97,7 +97,8 @@ impl Compensated {
         }
     }
 
-    /// The total, rounded once.
+    /// The total, rounded once. An infinite total stays infinite (TwoSum's
+    /// error term of an infinity is NaN).
     #[inline(always)]
     pub fn total(&self) -> f64 {
         let (mut hi, mut lo) = (0.0, 0.0);
@@ -106,7 +107,11 @@ impl Compensated {
             hi = s;
             lo += e + self.lo[j];
         }
-        hi + lo
+        if hi.is_finite() {
+            hi + lo
+        } else {
+            hi
+        }
     }
 }
 
@@ -244,7 +249,11 @@ pub fn add_blocks<T: Element>(parts: impl IntoIterator<Item = f64>) -> f64 {
         hi = s;
         lo += e;
     }
-    hi + lo
+    if hi.is_finite() {
+        hi + lo
+    } else {
+        hi
+    }
 }
 
 /// A long row summed block by block on the calling thread: the same bits as

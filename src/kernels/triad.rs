@@ -39,10 +39,15 @@ pub fn triad<T: Element>(
     }
     let rows = x.len() / cols;
     let stream = worth_streaming(std::mem::size_of_val(y));
-    parallel::for_rows(rows, cols, y, |first, y| {
-        let x = &x[first * cols..first * cols + y.len()];
-        dispatch(level, Triad { x, y, a, b, stream });
-    });
+    parallel::for_row_blocks(
+        rows,
+        cols,
+        parallel::PerRow(y, cols),
+        |first, parallel::PerRow(y, _)| {
+            let x = &x[first * cols..first * cols + y.len()];
+            dispatch(level, Triad { x, y, a, b, stream });
+        },
+    );
     Ok(())
 }
 

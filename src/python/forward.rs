@@ -39,6 +39,7 @@ pub fn layer_norm_forward<'py>(
         eps,
         out,
         stats,
+        residual: None,
     };
     forward_any(py, x, args)
 }
@@ -64,6 +65,7 @@ pub fn rms_norm_forward<'py>(
         eps,
         out,
         stats,
+        residual: None,
     };
     forward_any(py, x, args)
 }
@@ -82,6 +84,38 @@ fn forward_any<'py>(
     }
 }
 
+/// `add_layer_norm` / `add_rms_norm` for kernel-ready arguments: `(y, s)` with
+/// `s = x + residual` written to `sum_out` (new when None; may be `residual`
+/// itself) and `y` the norm of `s`. None for anything else.
+#[pyfunction]
+#[pyo3(signature = (rms, x, residual, normalized_shape, weight, bias, eps, out, sum_out))]
+#[allow(clippy::too_many_arguments)]
+pub fn add_norm_forward<'py>(
+    py: Python<'py>,
+    rms: bool,
+    x: &Bound<'py, PyAny>,
+    residual: &Bound<'py, PyAny>,
+    normalized_shape: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    bias: &Bound<'py, PyAny>,
+    eps: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    sum_out: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let none = py.None().into_bound(py);
+    let args = Args {
+        norm: if rms { Norm::Rms } else { Norm::Layer },
+        normalized_shape,
+        weight,
+        bias: if rms { &none } else { bias },
+        eps,
+        out,
+        stats: false,
+        residual: Some((residual, sum_out)),
+    };
+    forward_any(py, x, args)
+}
+
 struct Args<'a, 'py> {
     norm: Norm,
     normalized_shape: &'a Bound<'py, PyAny>,
@@ -90,6 +124,8 @@ struct Args<'a, 'py> {
     eps: &'a Bound<'py, PyAny>,
     out: &'a Bound<'py, PyAny>,
     stats: bool,
+    /// The residual and where `x + residual` goes (None: a new array).
+    residual: Option<(&'a Bound<'py, PyAny>, &'a Bound<'py, PyAny>)>,
 }
 
 /// A weight or bias: None, or ready with exactly the shape `dims`.
@@ -106,6 +142,22 @@ fn parameter<'a, 'py, T: numpy::Element>(
         Some(p) if p.shape() == dims => Ok(Some(p)),
         _ => Err(()),
     }
+}
+
+/// An output: `given` when it is a writeable ready array of `shape`, else None;
+/// a new array (kept in `fresh`) when `given` is None.
+fn output<'a, 'py, T: numpy::Element>(
+    py: Python<'py>,
+    given: &'a Bound<'py, PyAny>,
+    shape: &[usize],
+    fresh: &'a mut Option<Bound<'py, PyAny>>,
+) -> Option<Ready<'a, 'py, T>> {
+    if given.is_none() {
+        // SAFETY: every element is written by the kernel before Python sees it.
+        let new = unsafe { PyArrayDyn::<T>::new(py, shape, false) };
+        return Ready::<T>::take(fresh.insert(new.into_any()));
+    }
+    Ready::<T>::take(given).filter(|y| y.shape() == shape && y.writeable())
 }
 
 fn forward_typed<'py, T>(
@@ -139,26 +191,47 @@ where
         lead.iter().product::<usize>(),
         dims.iter().product::<usize>(),
     );
-
-    let fresh;
-    let y = if args.out.is_none() {
-        // SAFETY: every element is written by the kernel before Python sees it.
-        fresh = unsafe { PyArrayDyn::<T>::new(py, shape, false) };
-        Ready::<T>::take(fresh.as_any()).expect("a new array is C-contiguous")
-    } else {
-        match Ready::<T>::take(args.out) {
-            Some(y) if y.shape() == shape && y.writeable() => y,
-            _ => return Ok(None),
+    let (mut fresh_y, mut fresh_s) = (None, None);
+    let Some(y) = output::<T>(py, args.out, shape, &mut fresh_y) else {
+        return Ok(None);
+    };
+    let (residual, sum) = match args.residual {
+        None => (None, None),
+        Some((r, s)) => {
+            let Some(r) = Ready::<T>::take(r).filter(|r| r.shape() == shape) else {
+                return Ok(None);
+            };
+            let Some(s) = output::<T>(py, s, shape, &mut fresh_s) else {
+                return Ok(None);
+            };
+            (Some(r), Some(s))
         }
     };
-    let in_place = y.bytes() == x.bytes();
+    // In place: `out` is `x`, or `sum_out` is `residual`. Any other overlap of an
+    // output with an input, or of the two outputs, goes back to Python.
+    let x_in_y = y.bytes() == x.bytes();
+    let r_in_s = matches!((&residual, &sum), (Some(r), Some(s)) if r.bytes() == s.bytes());
     let inputs = [
-        Some(x.bytes()).filter(|_| !in_place),
+        Some(x.bytes()),
         weight.as_ref().map(|w| w.bytes()),
         bias.as_ref().map(|b| b.bytes()),
+        residual.as_ref().map(|r| r.bytes()),
     ];
-    if inputs.iter().flatten().any(|r| overlaps(r, &y.bytes())) {
+    let clash = |out: &std::ops::Range<usize>, allowed: Option<std::ops::Range<usize>>| {
+        inputs
+            .iter()
+            .flatten()
+            .any(|r| overlaps(r, out) && Some(r) != allowed.as_ref())
+    };
+    let y_bytes = y.bytes();
+    if clash(&y_bytes, x_in_y.then(|| x.bytes())) {
         return Ok(None);
+    }
+    if let Some(s) = &sum {
+        let s_bytes = s.bytes();
+        if clash(&s_bytes, r_in_s.then(|| s.bytes())) || overlaps(&s_bytes, &y_bytes) {
+            return Ok(None);
+        }
     }
     let (mean, rstd) = if args.stats && args.norm == Norm::Rms {
         // SAFETY: filled by the kernel.
@@ -178,42 +251,49 @@ where
         (None, None)
     };
     let (mut mean_scratch, mut rstd_scratch) = (Vec::new(), Vec::new());
-    // SAFETY: `y` is writeable and overlaps no input (checked above; in place,
-    // the kernel reads `y` itself); `mean`/`rstd` are new arrays.
-    let (input, y_slice, weight, bias, mean_slice, rstd_slice) = unsafe {
-        let input = if in_place {
-            Input::InPlace
-        } else {
-            Input::Separate(x.slice())
+    // SAFETY: the outputs are writeable and overlap no input and each other
+    // (checked above; in place, the kernel reads the output itself); `mean` and
+    // `rstd` are new arrays.
+    let (call, y_slice, sum_slice, mean_slice, rstd_slice) = unsafe {
+        let call = Forward {
+            norm: args.norm,
+            x: if x_in_y {
+                Input::InPlace
+            } else {
+                Input::Separate(x.slice())
+            },
+            residual: residual.as_ref().map(|r| {
+                if r_in_s {
+                    Input::InPlace
+                } else {
+                    Input::Separate(r.slice())
+                }
+            }),
+            cols,
+            weight: weight.as_ref().map(|w| w.slice()),
+            bias: bias.as_ref().map(|b| b.slice()),
+            eps,
         };
         (
-            input,
+            call,
             y.slice_mut(),
-            weight.as_ref().map(|w| w.slice()),
-            bias.as_ref().map(|b| b.slice()),
+            sum.as_ref().map(|s| s.slice_mut()),
             stat_slice(mean.as_ref(), rows, &mut mean_scratch),
             stat_slice(rstd.as_ref(), rows, &mut rstd_scratch),
         )
     };
-    let call = Forward {
-        norm: args.norm,
-        x: input,
-        cols,
-        weight,
-        bias,
-        eps,
-    };
     let level = simd::active();
     maybe_detach(py, rows * cols, move || {
-        forward_kernel(level, call, y_slice, mean_slice, rstd_slice)
+        forward_kernel(level, call, y_slice, sum_slice, mean_slice, rstd_slice)
     })
     .map_err(value_error)?;
     let y = y.array.clone().into_any();
-    Ok(Some(match (args.norm, mean, rstd) {
-        (Norm::Layer, Some(m), Some(r)) => {
+    Ok(Some(match (args.norm, mean, rstd, sum) {
+        (_, _, _, Some(s)) => PyTuple::new(py, [y, s.array.clone().into_any()])?.into_any(),
+        (Norm::Layer, Some(m), Some(r), None) => {
             PyTuple::new(py, [y, m.into_any(), r.into_any()])?.into_any()
         }
-        (Norm::Rms, _, Some(r)) => PyTuple::new(py, [y, r.into_any()])?.into_any(),
+        (Norm::Rms, _, Some(r), None) => PyTuple::new(py, [y, r.into_any()])?.into_any(),
         _ => y,
     }))
 }

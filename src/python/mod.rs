@@ -30,6 +30,7 @@ fn maybe_detach<R: Send>(py: Python<'_>, elements: usize, f: impl FnOnce() -> R 
 fn _lnrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(forward::layer_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(forward::rms_norm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(forward::add_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(backward::norm_backward, m)?)?;
     m.add_function(wrap_pyfunction!(backward::triad, m)?)?;
     m.add_function(wrap_pyfunction!(config::set_num_threads, m)?)?;
