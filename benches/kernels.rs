@@ -1,7 +1,7 @@
 //! `cargo bench`: the kernels alone, per SIMD level, on one thread and on all.
 //! Prints nanoseconds per element and GB/s of the bytes each call must move.
 
-use _lnrs::kernels::element::Element;
+use _lnrs::kernels::element::{Element, Param};
 use _lnrs::kernels::layer_norm::{layer_norm_forward, Forward, Input};
 use _lnrs::kernels::layer_norm_backward::{layer_norm_backward, Backward};
 use _lnrs::kernels::simd::{supported_levels, Level};
@@ -35,8 +35,8 @@ fn forward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
         x: Input::Separate(&x),
         residual: None,
         cols,
-        weight: Some(&w),
-        bias: Some(&b),
+        weight: Some(Param::Storage(&w)),
+        bias: Some(Param::Storage(&b)),
         eps: 1e-5,
     };
     let reps = (2e8 / (rows * cols) as f64).clamp(3.0, 200.0) as usize;
@@ -57,8 +57,8 @@ fn backward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     let rstd = vec![T::Stat::from_f64(3.4); rows];
     let (mut dx, mut dw, mut db) = (
         vec![T::ZERO; rows * cols],
-        vec![T::ZERO; cols],
-        vec![T::ZERO; cols],
+        vec![T::Stat::ZERO; cols],
+        vec![T::Stat::ZERO; cols],
     );
     let args = Backward {
         dy: &dy,
@@ -66,7 +66,7 @@ fn backward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
         mean: Some(&mean),
         rstd: &rstd,
         cols,
-        weight: Some(&w),
+        weight: Some(Param::Storage(&w)),
     };
     let reps = (2e8 / (rows * cols) as f64).clamp(3.0, 200.0) as usize;
     best_of(reps, || {

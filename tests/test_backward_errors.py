@@ -91,7 +91,7 @@ CASES = [
     # x
     ("x-int", _bw(x=np.ones((2, 3, 4), np.int64)), TypeError, r"\bx\b"),
     ("x-bool", _bw(x=np.ones((2, 3, 4), bool)), TypeError, r"\bx\b"),
-    ("x-float16", _bw(x=X.astype(np.float16)), TypeError, r"\bx\b"),
+    ("x-int16", _bw(x=X.astype(np.int16)), TypeError, r"\bx\b"),
     ("x-complex", _bw(x=X.astype(np.complex64)), TypeError, r"\bx\b"),
     ("x-none", _bw(x=None), TypeError, r"\bx\b"),
     ("x-ragged", _bw(x=RAGGED, normalized_shape=2), TypeError, r"\bx\b"),

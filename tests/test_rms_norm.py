@@ -970,7 +970,7 @@ CASES = [
     ("x-int-list", _rms(x=[[1, 2, 3, 4]]), TypeError, r"\bx\b"),
     ("x-bool", _rms(x=np.ones((2, 4), bool)), TypeError, r"\bx\b"),
     ("x-complex", _rms(x=np.ones((2, 4), np.complex64)), TypeError, r"\bx\b"),
-    ("x-float16", _rms(x=np.ones((2, 4), np.float16)), TypeError, r"\bx\b"),
+    ("x-int16", _rms(x=np.ones((2, 4), np.int16)), TypeError, r"\bx\b"),
     ("x-none", _rms(x=None), TypeError, r"\bx\b"),
     ("x-string", _rms(x="abcd", normalized_shape=4), TypeError, r"\bx\b"),
     ("x-ragged", _rms(x=[[1.0, 2.0], [3.0]], normalized_shape=2), TypeError, r"\bx\b"),

@@ -11,27 +11,42 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Storage dtypes the native kernels take, and the dtype of their mean/rstd.
-STAT_DTYPE = {
-    np.dtype(np.float32): np.dtype(np.float32),
-    np.dtype(np.float64): np.dtype(np.float64),
-}
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+# Storage dtypes the native kernels take, and the dtype of their mean/rstd
+# (and, for the half types, of dweight/dbias). bfloat16 is ml_dtypes' dtype,
+# known by name so that lnrs never imports ml_dtypes itself.
+STAT_DTYPE = {F32: F32, F64: F64, np.dtype(np.float16): F32}
+DTYPES = "float16, bfloat16, float32 or float64"
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    return dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
+def stat_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of mean/rstd for storage `dtype`."""
+    return F32 if is_bfloat16(dtype) else STAT_DTYPE[dtype]
+
+
+def is_half(dtype: np.dtype) -> bool:
+    return dtype == np.float16 or is_bfloat16(dtype)
 
 
 def float_array(x, name: str) -> np.ndarray:
-    """`x` as an ndarray of a supported float dtype, without copying an ndarray
-    (unless its byte order is not the machine's)."""
+    """`x` as an ndarray of a supported float dtype: without copying an ndarray
+    or a DLPack or buffer-protocol producer on the CPU (unless its byte order
+    is not the machine's)."""
     if not isinstance(x, np.ndarray):
         try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as e:
+            x = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+        except (TypeError, ValueError, BufferError, RuntimeError) as e:
             raise TypeError(
-                f"{name} must be an array of float32 or float64, got {type(x).__name__}: {e}"
+                f"{name} must be an array of {DTYPES}, got {type(x).__name__}: {e}"
             ) from None
-    if x.dtype not in STAT_DTYPE:
+    if x.dtype not in STAT_DTYPE and not is_bfloat16(x.dtype):
         native = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else None
         if native not in STAT_DTYPE:
-            raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+            raise TypeError(f"{name} must have dtype {DTYPES}, got {x.dtype}")
         x = x.astype(native)
     return x
 
@@ -82,7 +97,10 @@ def eps_value(eps) -> float:
 
 
 def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-    """A weight or bias as a C-contiguous array of `dtype` and shape `dims`, or None."""
+    """A weight or bias as a C-contiguous array of shape `dims`, or None: in the
+    input's `dtype`, or for half-precision input in float32 unless it already
+    is in that half type (the kernels take both, and a float32 weight should
+    not lose bits to float16)."""
     if p is None:
         return None
     if not isinstance(p, np.ndarray):
@@ -90,10 +108,12 @@ def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarra
             p = np.asarray(p)
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name} must be an array of real numbers: {e}") from None
-    if p.dtype.kind not in "biuf":
+    if p.dtype.kind not in "biuf" and not is_bfloat16(p.dtype):
         raise TypeError(f"{name} must hold real numbers, got dtype {p.dtype}")
     if p.shape != dims:
         raise ValueError(f"{name} must have shape {dims} (normalized_shape), got {p.shape}")
+    if is_half(dtype) and p.dtype != dtype:
+        dtype = F32
     return np.ascontiguousarray(p, dtype=dtype)
 
 
@@ -125,7 +145,7 @@ def row_stat(
     a, name: str, lead: tuple[int, ...], x: np.ndarray, producer: str = "layer_norm_forward"
 ) -> np.ndarray:
     """A per-row statistic as `producer` returns it for `x`."""
-    dtype = STAT_DTYPE[x.dtype]
+    dtype = stat_dtype(x.dtype)
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a)

@@ -20,8 +20,8 @@ class _Norm:
             dtype = np.dtype(dtype)
         except TypeError:
             dtype = None
-        if dtype not in _checks.STAT_DTYPE:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        if dtype is None or (dtype not in _checks.STAT_DTYPE and not _checks.is_bfloat16(dtype)):
+            raise TypeError(f"dtype must be {_checks.DTYPES}, got {dtype!r}")
         dims = _checks.shape_tuple(normalized_shape)
         self.normalized_shape = _checks.normalized_shape(dims, np.empty(dims, dtype))
         self.eps = None if eps is None else _checks.eps_value(eps)
@@ -81,7 +81,7 @@ class LayerNorm(_Norm):
         Hold ``weight`` and ``bias``; without, both are None.
     bias : bool, default True
         Hold ``bias`` (when ``elementwise_affine``).
-    dtype : float32 or float64, default float32
+    dtype : float32, float64, float16 or bfloat16, default float32
         The dtype of ``weight`` and ``bias``.
 
     Training
@@ -127,7 +127,7 @@ class RMSNorm(_Norm):
         Default ``np.finfo(x.dtype).eps`` of each input, as PyTorch.
     elementwise_affine : bool, default True
         Hold ``weight``; without, it is None.
-    dtype : float32 or float64, default float32
+    dtype : float32, float64, float16 or bfloat16, default float32
         The dtype of ``weight``.
 
     Training as :class:`LayerNorm`: ``forward``, ``backward`` (into

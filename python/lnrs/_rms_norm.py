@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _lnrs
+from . import _checks, _lnrs
 from ._functional import backward_checked, forward_checked
 
 # torch.nn.functional.rms_norm's default eps: the machine epsilon of x's dtype.
@@ -26,6 +26,8 @@ def _eps(x, eps):
             return None
     if isinstance(dtype, np.dtype) and dtype.kind == "f":
         return float(np.finfo(dtype).eps)
+    if isinstance(dtype, np.dtype) and _checks.is_bfloat16(dtype):
+        return 2.0**-7  # bfloat16's machine epsilon (NumPy's finfo does not know it)
     return None
 
 

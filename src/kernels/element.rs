@@ -28,6 +28,35 @@ pub fn widen<T: Element>(s: &[T]) -> std::borrow::Cow<'_, [f64]> {
     }
 }
 
+/// A weight or bias: in the storage type, or in f32 beside a narrower one
+/// (half-precision activations with float32 parameters).
+#[derive(Clone, Copy)]
+pub enum Param<'a, T> {
+    Storage(&'a [T]),
+    F32(&'a [f32]),
+}
+
+impl<'a, T: Element> Param<'a, T> {
+    pub fn len(&self) -> usize {
+        match self {
+            Param::Storage(p) => p.len(),
+            Param::F32(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values as f64, converted once per call.
+    pub fn widen(self) -> std::borrow::Cow<'a, [f64]> {
+        match self {
+            Param::Storage(p) => widen(p),
+            Param::F32(p) => widen(p),
+        }
+    }
+}
+
 impl Element for f32 {
     const WIDE: bool = true;
     const ZERO: Self = 0.0;
@@ -61,5 +90,129 @@ impl Element for f64 {
     }
     fn as_f64_slice(s: &[Self]) -> Option<&[f64]> {
         Some(s)
+    }
+}
+
+/// `v` rounded to f32 by round-to-odd: truncated, with the last bit set when
+/// anything was cut off. Rounding that again to a type at least two bits
+/// narrower (f16, bf16) to nearest gives the correctly rounded result, which
+/// rounding through f32 to nearest would not (it can round twice the same way).
+#[inline(always)]
+fn f32_round_to_odd(v: f64) -> f32 {
+    let r = v as f32;
+    let back = r as f64;
+    let inexact = back != v && v.is_finite();
+    let toward_zero = (inexact && back.abs() > v.abs()) as u32;
+    f32::from_bits((r.to_bits() - toward_zero) | inexact as u32)
+}
+
+impl Element for half::f16 {
+    const WIDE: bool = true;
+    const ZERO: Self = half::f16::ZERO;
+    type Stat = f32;
+
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        half::f16::from_f32(f32_round_to_odd(v))
+    }
+    fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
+        None
+    }
+}
+
+impl Element for half::bf16 {
+    const WIDE: bool = true;
+    const ZERO: Self = half::bf16::ZERO;
+    type Stat = f32;
+
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        half::bf16::from_f32(f32_round_to_odd(v))
+    }
+    fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    #[test]
+    fn half_types_round_once_from_f64() {
+        // 1 + 2^-11 + 2^-40 is just above the f16 halfway point between 1 and
+        // 1 + 2^-10: correct rounding goes up, rounding through f32 first
+        // (which drops 2^-40) would tie to even and go down.
+        let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(
+            <f16 as Element>::from_f64(v),
+            f16::from_f64(1.0 + 2f64.powi(-10))
+        );
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(
+            <bf16 as Element>::from_f64(v),
+            bf16::from_f64(1.0 + 2f64.powi(-7))
+        );
+        assert_eq!(<f16 as Element>::to_f64(f16::from_f32(0.5)), 0.5);
+    }
+
+    #[test]
+    fn half_types_round_correctly_everywhere() {
+        // Every f16 and every bf16 value, and the points between neighbours
+        // (ties go to even), a hair either side of them, and beyond the range.
+        for bits in 0..=u16::MAX {
+            let a = f16::from_bits(bits);
+            let b = f16::from_bits(bits.wrapping_add(1));
+            if !(a.is_finite() && b.is_finite()) || a.to_f64() >= b.to_f64() {
+                continue;
+            }
+            let (lo, hi) = (a.to_f64(), b.to_f64());
+            let mid = (lo + hi) / 2.0;
+            let even = if bits % 2 == 0 { a } else { b };
+            assert_eq!(<f16 as Element>::from_f64(lo), a);
+            assert_eq!(
+                <f16 as Element>::from_f64(mid).to_bits(),
+                even.to_bits(),
+                "{mid}"
+            );
+            let up = mid + (hi - lo) * 1e-9;
+            let down = mid - (hi - lo) * 1e-9;
+            assert_eq!(
+                <f16 as Element>::from_f64(up).to_bits(),
+                b.to_bits(),
+                "{up}"
+            );
+            assert_eq!(
+                <f16 as Element>::from_f64(down).to_bits(),
+                a.to_bits(),
+                "{down}"
+            );
+        }
+        for bits in 0..=u16::MAX {
+            let a = bf16::from_bits(bits);
+            let b = bf16::from_bits(bits.wrapping_add(1));
+            if !(a.is_finite() && b.is_finite()) || a.to_f64() >= b.to_f64() {
+                continue;
+            }
+            let (lo, hi) = (a.to_f64(), b.to_f64());
+            let up = (lo + hi) / 2.0 + (hi - lo) * 1e-9;
+            assert_eq!(
+                <bf16 as Element>::from_f64(up).to_bits(),
+                b.to_bits(),
+                "{up}"
+            );
+        }
+        assert!(<f16 as Element>::from_f64(1e6).is_infinite());
+        assert_eq!(<f16 as Element>::from_f64(1e-10).to_bits(), 0);
+        assert!(<f16 as Element>::from_f64(f64::NAN).is_nan());
     }
 }

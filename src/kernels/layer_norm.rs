@@ -2,7 +2,7 @@
 //! with `mean = 0` and no bias for RMSNorm; optionally of the residual stream
 //! `s = x + residual` (in the storage type), written out in the same pass.
 
-use super::element::{widen, Element};
+use super::element::{Element, Param};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
     add_blocks, block_centred_sums, block_shifted_sum, norm_stats, rms_stats_with, row_stats_with,
@@ -46,8 +46,8 @@ pub struct Forward<'a, T: Element> {
     pub x: Input<'a, T>,
     pub residual: Option<Input<'a, T>>,
     pub cols: usize,
-    pub weight: Option<&'a [T]>,
-    pub bias: Option<&'a [T]>,
+    pub weight: Option<Param<'a, T>>,
+    pub bias: Option<Param<'a, T>>,
     pub eps: f64,
 }
 
@@ -106,8 +106,8 @@ pub fn layer_norm_forward<T: Element>(
     }
     let stream = worth_streaming(std::mem::size_of_val(y));
     // Converted once per call, not once per row.
-    let weight = weight.map(widen);
-    let bias = bias.map(widen);
+    let weight = weight.map(Param::widen);
+    let bias = bias.map(Param::widen);
     let w = weight.as_deref().unwrap_or(&[]);
     let b = bias.as_deref().unwrap_or(&[]);
     if let Some(workers) = parallel::workers_for_long_rows(rows, cols, LONG_ROW) {
@@ -565,8 +565,8 @@ mod tests {
             x: Input::Separate(x),
             residual: None,
             cols,
-            weight: w,
-            bias: b,
+            weight: w.map(Param::Storage),
+            bias: b.map(Param::Storage),
             eps: 1e-5,
         };
         layer_norm_forward(level, args, &mut y, None, &mut m, &mut r).unwrap();

@@ -9,7 +9,7 @@
 //! (`parallel::fixed_block_rows`) and merged in order, so dweight and dbias do
 //! not depend on the thread count.
 
-use super::element::{widen, Element};
+use super::element::{Element, Param};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
     add_blocks, reduce, two_sum, Compensated, Lanes, BLOCK_STEPS, LANES, LONG_ROW, SPLIT_BLOCK,
@@ -28,16 +28,17 @@ pub struct Backward<'a, T: Element> {
     pub mean: Option<&'a [T::Stat]>,
     pub rstd: &'a [T::Stat],
     pub cols: usize,
-    pub weight: Option<&'a [T]>,
+    pub weight: Option<Param<'a, T>>,
 }
 
-/// Fill `dx` (`rows × cols`), `dweight` and `dbias` (`cols` each).
+/// Fill `dx` (`rows × cols`), `dweight` and `dbias` (`cols` each, in the
+/// statistics type: f32 for half-precision storage).
 pub fn layer_norm_backward<T: Element>(
     level: Level,
     args: Backward<'_, T>,
     dx: &mut [T],
-    dweight: &mut [T],
-    dbias: &mut [T],
+    dweight: &mut [T::Stat],
+    dbias: &mut [T::Stat],
 ) -> Result<(), KernelError> {
     let Backward {
         dy,
@@ -72,11 +73,11 @@ pub fn layer_norm_backward<T: Element>(
         check("weight", w.len(), cols)?;
     }
     if rows == 0 || cols == 0 {
-        dweight.fill(T::ZERO);
-        dbias.fill(T::ZERO);
+        dweight.fill(T::Stat::ZERO);
+        dbias.fill(T::Stat::ZERO);
         return Ok(());
     }
-    let weight = weight.map(widen);
+    let weight = weight.map(Param::widen);
     let w = weight.as_deref().unwrap_or(&[]);
     let stream = worth_streaming(std::mem::size_of_val(dx));
     let block_rows = parallel::fixed_block_rows(rows, cols);
@@ -96,7 +97,7 @@ pub fn layer_norm_backward<T: Element>(
             stream,
         };
         long.run(block_rows, dx, &mut partials);
-        merge_columns(&partials, cols, dweight, dbias);
+        merge_columns::<T>(&partials, cols, dweight, dbias);
         return Ok(());
     }
     parallel::for_fixed_blocks(
@@ -123,7 +124,7 @@ pub fn layer_norm_backward<T: Element>(
             dispatch(level, block);
         },
     );
-    merge_columns(&partials, cols, dweight, dbias);
+    merge_columns::<T>(&partials, cols, dweight, dbias);
     Ok(())
 }
 
@@ -257,11 +258,16 @@ impl<T: Element> Kernel for ApplyBlock<'_, T> {
 }
 
 /// Add the blocks' column sums in block order (compensated for f64 storage).
-fn merge_columns<T: Element>(partials: &[f64], cols: usize, dweight: &mut [T], dbias: &mut [T]) {
+fn merge_columns<T: Element>(
+    partials: &[f64],
+    cols: usize,
+    dweight: &mut [T::Stat],
+    dbias: &mut [T::Stat],
+) {
     for (j, (dw, db)) in dweight.iter_mut().zip(dbias.iter_mut()).enumerate() {
         let blocks = partials.chunks_exact(2 * cols);
-        *dw = T::from_f64(add_blocks::<T>(blocks.clone().map(|p| p[j])));
-        *db = T::from_f64(add_blocks::<T>(blocks.map(|p| p[cols + j])));
+        *dw = T::Stat::from_f64(add_blocks::<T>(blocks.clone().map(|p| p[j])));
+        *db = T::Stat::from_f64(add_blocks::<T>(blocks.map(|p| p[cols + j])));
     }
 }
 
@@ -539,7 +545,7 @@ mod tests {
             .collect()
     }
 
-    type Grads<T> = (Vec<T>, Vec<T>, Vec<T>);
+    type Grads<T> = (Vec<T>, Vec<<T as Element>::Stat>, Vec<<T as Element>::Stat>);
 
     fn grads<T: Element>(
         level: Level,
@@ -579,15 +585,15 @@ mod tests {
             x: Input::Separate(&x),
             residual: None,
             cols,
-            weight: w,
+            weight: w.map(Param::Storage),
             bias: None,
             eps: 1e-5,
         };
         layer_norm_forward(level, fwd, &mut y, None, &mut mean, &mut rstd).unwrap();
         let (mut dx, mut dw, mut db) = (
             vec![T::ZERO; rows * cols],
-            vec![T::ZERO; cols],
-            vec![T::ZERO; cols],
+            vec![T::Stat::ZERO; cols],
+            vec![T::Stat::ZERO; cols],
         );
         let args = Backward {
             dy: &dy,
@@ -595,7 +601,7 @@ mod tests {
             mean: (norm == Norm::Layer).then_some(&mean[..]),
             rstd: &rstd,
             cols,
-            weight: w,
+            weight: w.map(Param::Storage),
         };
         layer_norm_backward(level, args, &mut dx, &mut dw, &mut db).unwrap();
         (dx, dw, db)

@@ -4,6 +4,7 @@
 //! itself; anything else goes back to the Python layer to be converted or
 //! reported.
 
+use crate::kernels::element::{Element, Param};
 use numpy::npyffi::NPY_ARRAY_WRITEABLE;
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -98,3 +99,77 @@ pub fn eps(eps: &Bound<'_, PyAny>) -> Option<f64> {
     let v = eps.cast_exact::<PyFloat>().ok()?.value();
     (v.is_finite() && v >= 0.0).then_some(v)
 }
+
+/// A weight or bias the kernels can take as it is: in the storage type, or in f32.
+pub enum ReadyParam<'a, 'py, T: numpy::Element> {
+    Storage(Ready<'a, 'py, T>),
+    F32(Ready<'a, 'py, f32>),
+}
+
+impl<'a, 'py, T: numpy::Element + Element> ReadyParam<'a, 'py, T> {
+    /// None for `None`; `Err(())` when present but not ready or not of `dims`.
+    #[allow(clippy::result_unit_err)]
+    pub fn take(p: &'a Bound<'py, PyAny>, dims: &[usize]) -> Result<Option<Self>, ()> {
+        if p.is_none() {
+            return Ok(None);
+        }
+        if let Some(r) = Ready::<T>::take(p).filter(|r| r.shape() == dims) {
+            return Ok(Some(ReadyParam::Storage(r)));
+        }
+        match Ready::<f32>::take(p).filter(|r| r.shape() == dims) {
+            Some(r) => Ok(Some(ReadyParam::F32(r))),
+            None => Err(()),
+        }
+    }
+
+    pub fn bytes(&self) -> std::ops::Range<usize> {
+        match self {
+            ReadyParam::Storage(r) => r.bytes(),
+            ReadyParam::F32(r) => r.bytes(),
+        }
+    }
+
+    /// # Safety
+    /// As [`Ready::slice`].
+    pub unsafe fn param(&self) -> Param<'a, T> {
+        // SAFETY: by the caller's promise.
+        unsafe {
+            match self {
+                ReadyParam::Storage(r) => Param::Storage(r.slice()),
+                ReadyParam::F32(r) => Param::F32(r.slice()),
+            }
+        }
+    }
+}
+
+/// Whether `x` is a NumPy array of the `bfloat16` dtype (registered by
+/// ml_dtypes). Asked before taking one as `half::bf16`, whose dtype lookup
+/// would fail where no package provides it.
+pub fn is_bfloat16(x: &Bound<'_, PyAny>) -> bool {
+    x.getattr("dtype")
+        .and_then(|d| d.getattr("name"))
+        .and_then(|n| n.extract::<String>())
+        .is_ok_and(|n| n == "bfloat16")
+}
+
+/// Call `$f(py, x, args)` with `x` taken as the float array type it is, or
+/// evaluate to `Ok(None)` for anything else.
+macro_rules! with_float_array {
+    ($f:ident, $py:expr, $x:expr, $args:expr) => {
+        if let Some(x) = $crate::python::arrays::Ready::<f32>::take($x) {
+            $f($py, x, $args)
+        } else if let Some(x) = $crate::python::arrays::Ready::<f64>::take($x) {
+            $f($py, x, $args)
+        } else if let Some(x) = $crate::python::arrays::Ready::<half::f16>::take($x) {
+            $f($py, x, $args)
+        } else if $crate::python::arrays::is_bfloat16($x) {
+            match $crate::python::arrays::Ready::<half::bf16>::take($x) {
+                Some(x) => $f($py, x, $args),
+                None => Ok(None),
+            }
+        } else {
+            Ok(None)
+        }
+    };
+}
+pub(crate) use with_float_array;

@@ -1,6 +1,6 @@
 //! LayerNorm and RMSNorm backward, and the triad the benchmarks measure against.
 
-use super::arrays::{dims, Ready};
+use super::arrays::{dims, with_float_array, Ready, ReadyParam};
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
 use crate::kernels::layer_norm_backward::{layer_norm_backward as backward_kernel, Backward};
@@ -37,13 +37,7 @@ pub fn norm_backward<'py>(
         normalized_shape,
         weight,
     };
-    if let Some(x) = Ready::<f32>::take(x) {
-        backward_typed(py, x, args)
-    } else if let Some(x) = Ready::<f64>::take(x) {
-        backward_typed(py, x, args)
-    } else {
-        Ok(None)
-    }
+    with_float_array!(backward_typed, py, x, args)
 }
 
 struct Args<'a, 'py> {
@@ -89,21 +83,17 @@ where
             None => return Ok(None),
         },
     };
-    let weight = match args.weight.is_none() {
-        true => None,
-        false => match Ready::<T>::take(args.weight).filter(|w| w.shape() == dims) {
-            Some(w) => Some(w),
-            None => return Ok(None),
-        },
+    let Ok(weight) = ReadyParam::<T>::take(args.weight, &dims) else {
+        return Ok(None);
     };
     // SAFETY: the outputs are new arrays, so nothing else refers to them; every
     // element is written by the kernel before Python sees it.
     let (dx, dweight, dbias) = unsafe {
         (
             PyArrayDyn::<T>::new(py, shape, false),
-            PyArrayDyn::<T>::new(py, dims.as_slice(), false),
+            PyArrayDyn::<T::Stat>::new(py, dims.as_slice(), false),
             mean.is_some()
-                .then(|| PyArrayDyn::<T>::new(py, dims.as_slice(), false)),
+                .then(|| PyArrayDyn::<T::Stat>::new(py, dims.as_slice(), false)),
         )
     };
     let mut db_scratch = Vec::new();
@@ -115,12 +105,12 @@ where
             mean: mean.as_ref().map(|m| m.slice()),
             rstd: rstd.slice(),
             cols,
-            weight: weight.as_ref().map(|w| w.slice()),
+            weight: weight.as_ref().map(|w| w.param()),
         };
         let db_s = match &dbias {
             Some(d) => new_slice(d, cols),
             None => {
-                db_scratch.resize(cols, T::ZERO);
+                db_scratch.resize(cols, T::Stat::ZERO);
                 &mut db_scratch[..]
             }
         };

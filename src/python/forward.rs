@@ -2,7 +2,7 @@
 //! already what the kernel reads, so that a 1×768 call costs about one NumPy
 //! ufunc call.
 
-use super::arrays::{dims, eps as eps_value, overlaps, Ready};
+use super::arrays::{dims, eps as eps_value, overlaps, with_float_array, Ready, ReadyParam};
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
 use crate::kernels::layer_norm::{layer_norm_forward as forward_kernel, Forward, Input};
@@ -75,13 +75,7 @@ fn forward_any<'py>(
     x: &Bound<'py, PyAny>,
     args: Args<'_, 'py>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    if let Some(x) = Ready::<f32>::take(x) {
-        forward_typed(py, x, args)
-    } else if let Some(x) = Ready::<f64>::take(x) {
-        forward_typed(py, x, args)
-    } else {
-        Ok(None)
-    }
+    with_float_array!(forward_typed, py, x, args)
 }
 
 /// `add_layer_norm` / `add_rms_norm` for kernel-ready arguments: `(y, s)` with
@@ -128,22 +122,6 @@ struct Args<'a, 'py> {
     residual: Option<(&'a Bound<'py, PyAny>, &'a Bound<'py, PyAny>)>,
 }
 
-/// A weight or bias: None, or ready with exactly the shape `dims`.
-/// `Err(())` when it is present but not ready.
-#[allow(clippy::result_unit_err)]
-fn parameter<'a, 'py, T: numpy::Element>(
-    p: &'a Bound<'py, PyAny>,
-    dims: &[usize],
-) -> Result<Option<Ready<'a, 'py, T>>, ()> {
-    if p.is_none() {
-        return Ok(None);
-    }
-    match Ready::<T>::take(p) {
-        Some(p) if p.shape() == dims => Ok(Some(p)),
-        _ => Err(()),
-    }
-}
-
 /// An output: `given` when it is a writeable ready array of `shape`, else None;
 /// a new array (kept in `fresh`) when `given` is None.
 fn output<'a, 'py, T: numpy::Element>(
@@ -181,8 +159,8 @@ where
         return Ok(None);
     };
     let (Ok(weight), Ok(bias)) = (
-        parameter::<T>(args.weight, &dims),
-        parameter::<T>(args.bias, &dims),
+        ReadyParam::<T>::take(args.weight, &dims),
+        ReadyParam::<T>::take(args.bias, &dims),
     ) else {
         return Ok(None);
     };
@@ -270,8 +248,8 @@ where
                 }
             }),
             cols,
-            weight: weight.as_ref().map(|w| w.slice()),
-            bias: bias.as_ref().map(|b| b.slice()),
+            weight: weight.as_ref().map(|w| w.param()),
+            bias: bias.as_ref().map(|b| b.param()),
             eps,
         };
         (
