@@ -32,6 +32,14 @@ def is_half(dtype: np.dtype) -> bool:
     return dtype == np.float16 or is_bfloat16(dtype)
 
 
+def c_aligned(a: np.ndarray) -> np.ndarray:
+    """`a` when C-contiguous and aligned (what the kernels read), else a copy that is.
+    Not np.ascontiguousarray, which keeps misalignment and turns 0-d into 1-d."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
 def float_array(x, name: str) -> np.ndarray:
     """`x` as an ndarray of a supported float dtype: without copying an ndarray
     or a DLPack or buffer-protocol producer on the CPU (unless its byte order
@@ -114,7 +122,7 @@ def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarra
         raise ValueError(f"{name} must have shape {dims} (normalized_shape), got {p.shape}")
     if is_half(dtype) and p.dtype != dtype:
         dtype = F32
-    return np.ascontiguousarray(p, dtype=dtype)
+    return c_aligned(p.astype(dtype, copy=False))
 
 
 def out_array(out, x: np.ndarray, name: str = "out") -> np.ndarray:
@@ -126,6 +134,8 @@ def out_array(out, x: np.ndarray, name: str = "out") -> np.ndarray:
         raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {out.dtype}")
     if not out.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.aligned:
+        raise ValueError(f"{name} must be aligned to its dtype")
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     return out
@@ -138,7 +148,7 @@ def like_x(a, x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have shape {x.shape} (that of x), got {a.shape}")
     if a.dtype != x.dtype:
         raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {a.dtype}")
-    return a if a.flags.c_contiguous else a.copy(order="C")
+    return c_aligned(a)
 
 
 def row_stat(
@@ -156,5 +166,4 @@ def row_stat(
             f"{name} must have shape {lead} and dtype {dtype}, as {producer} returns "
             f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
         )
-    # Not np.ascontiguousarray: it turns the 0-d statistics of a single row into 1-d.
-    return a if a.flags.c_contiguous else a.copy(order="C")
+    return c_aligned(a)

@@ -118,7 +118,7 @@ def backward_checked(dy, x, mean, rstd, normalized_shape, weight, *, centred):
     producer = "layer_norm_forward" if centred else "rms_norm_forward"
     rstd = _checks.row_stat(rstd, "rstd", lead, x, producer)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
-    result = _lnrs.norm_backward(dy, np.ascontiguousarray(x), mean, rstd, dims, weight)
+    result = _lnrs.norm_backward(dy, _checks.c_aligned(x), mean, rstd, dims, weight)
     if result is None:
         raise AssertionError("lnrs: the native fast path declined checked arguments")
     return result
@@ -136,7 +136,7 @@ def forward_checked(native, x, normalized_shape, weight, bias, eps, out, stats):
     eps = _checks.eps_value(eps)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     bias = _checks.parameter(bias, "bias", dims, x.dtype)
-    src = np.ascontiguousarray(x)
+    src = _checks.c_aligned(x)
     if out is not None:
         out = _checks.out_array(out, x)
         # Parameters are read for every row: keep them out of the way of the output.

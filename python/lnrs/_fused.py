@@ -67,7 +67,7 @@ def _add_checked(rms, x, residual, normalized_shape, weight, bias, eps, out, sum
     eps = _checks.eps_value(eps)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     bias = _checks.parameter(bias, "bias", dims, x.dtype)
-    x = np.ascontiguousarray(x)
+    x = _checks.c_aligned(x)
     outputs = []
     if out is not None:
         outputs.append(_checks.out_array(out, x, "out"))

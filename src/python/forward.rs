@@ -185,29 +185,33 @@ where
             (Some(r), Some(s))
         }
     };
-    // In place: `out` is `x`, or `sum_out` is `residual`. Any other overlap of an
-    // output with an input, or of the two outputs, goes back to Python.
+    // In place: `out` is `x`, or `sum_out` is `residual`, exactly. Any other
+    // overlap of an output with an input (weights included), or of the two
+    // outputs, goes back to Python, which copies.
     let x_in_y = y.bytes() == x.bytes();
     let r_in_s = matches!((&residual, &sum), (Some(r), Some(s)) if r.bytes() == s.bytes());
-    let inputs = [
-        Some(x.bytes()),
+    let params = [
         weight.as_ref().map(|w| w.bytes()),
         bias.as_ref().map(|b| b.bytes()),
-        residual.as_ref().map(|r| r.bytes()),
     ];
-    let clash = |out: &std::ops::Range<usize>, allowed: Option<std::ops::Range<usize>>| {
-        inputs
-            .iter()
-            .flatten()
-            .any(|r| overlaps(r, out) && Some(r) != allowed.as_ref())
-    };
     let y_bytes = y.bytes();
-    if clash(&y_bytes, x_in_y.then(|| x.bytes())) {
+    let hits = |out: &std::ops::Range<usize>, inputs: &[Option<std::ops::Range<usize>>]| {
+        inputs.iter().flatten().any(|r| overlaps(r, out))
+    };
+    let residual_bytes = residual.as_ref().map(|r| r.bytes());
+    if hits(&y_bytes, &params)
+        || (!x_in_y && overlaps(&x.bytes(), &y_bytes))
+        || hits(&y_bytes, std::slice::from_ref(&residual_bytes))
+    {
         return Ok(None);
     }
     if let Some(s) = &sum {
         let s_bytes = s.bytes();
-        if clash(&s_bytes, r_in_s.then(|| s.bytes())) || overlaps(&s_bytes, &y_bytes) {
+        if hits(&s_bytes, &params)
+            || overlaps(&x.bytes(), &s_bytes)
+            || overlaps(&s_bytes, &y_bytes)
+            || (!r_in_s && hits(&s_bytes, std::slice::from_ref(&residual_bytes)))
+        {
             return Ok(None);
         }
     }
