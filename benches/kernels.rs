@@ -67,6 +67,7 @@ fn backward<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
         rstd: &rstd,
         cols,
         weight: Some(Param::Storage(&w)),
+        eps: None,
     };
     let reps = (2e8 / (rows * cols) as f64).clamp(3.0, 200.0) as usize;
     best_of(reps, || {

@@ -325,14 +325,14 @@ where
     workers.run(items, |(i, y)| f(i * block, y));
 }
 
-/// `f(offset, a_piece, b_piece, c_piece)` over equal `block`-sized pieces of
-/// three slices of one length, by `workers`.
+/// `f(offset, a_piece, b_piece, c_piece)` over the i-th pieces of three slices,
+/// each cut into pieces of its own size (`offset` counts `a`'s elements), by
+/// `workers`.
 pub fn for_blocks_mut3<A, B, C, F>(
     workers: &Workers,
-    a: &mut [A],
-    b: &mut [B],
-    c: &mut [C],
-    block: usize,
+    (a, block): (&mut [A], usize),
+    (b, b_block): (&mut [B], usize),
+    (c, c_block): (&mut [C], usize),
     f: F,
 ) where
     A: Send,
@@ -342,8 +342,8 @@ pub fn for_blocks_mut3<A, B, C, F>(
 {
     let items: Vec<_> = a
         .chunks_mut(block)
-        .zip(b.chunks_mut(block))
-        .zip(c.chunks_mut(block))
+        .zip(b.chunks_mut(b_block))
+        .zip(c.chunks_mut(c_block))
         .enumerate()
         .collect();
     workers.run(items, |(i, ((a, b), c))| f(i * block, a, b, c));

@@ -562,7 +562,7 @@ def test_module_backward_matches_functional(shape, ns, dtype, rng):
     y = ln.forward(x)
     dx = ln.backward(dy)
     yf, mean, rstd = lnrs.layer_norm_forward(x, ns, ln.weight, ln.bias, 1e-3)
-    fdx, fdw, fdb = lnrs.layer_norm_backward(dy, x, mean, rstd, ns, ln.weight)
+    fdx, fdw, fdb = lnrs.layer_norm_backward(dy, x, mean, rstd, ns, ln.weight, eps=ln.eps)
     assert same_bits(y, yf)
     assert same_bits(dx, fdx)
     assert same_bits(ln.weight_grad, fdw) and same_bits(ln.bias_grad, fdb)
@@ -577,7 +577,7 @@ def test_module_grads_accumulate_and_reset(rng):
     functional = []
     for x, dy in zip(xs, dys):
         _, m, r = lnrs.layer_norm_forward(x, ns, ln.weight, ln.bias)
-        functional.append(lnrs.layer_norm_backward(dy, x, m, r, ns, ln.weight))
+        functional.append(lnrs.layer_norm_backward(dy, x, m, r, ns, ln.weight, eps=ln.eps))
 
     ln(xs[0])
     assert same_bits(ln.backward(dys[0]), functional[0][0])
@@ -642,7 +642,7 @@ def test_module_without_affine_gives_dx_only(rng):
     ln(x)
     dx = ln.backward(dy)
     _, m, r = lnrs.layer_norm_forward(x, (2, 5))
-    assert same_bits(dx, lnrs.layer_norm_backward(dy, x, m, r, (2, 5))[0])
+    assert same_bits(dx, lnrs.layer_norm_backward(dy, x, m, r, (2, 5), eps=ln.eps)[0])
     assert ln.weight_grad is None and ln.bias_grad is None
 
 
@@ -653,7 +653,7 @@ def test_module_without_bias(rng):
     ln(x)
     dx = ln.backward(dy)
     _, m, r = lnrs.layer_norm_forward(x, 5, ln.weight)
-    fdx, fdw, _ = lnrs.layer_norm_backward(dy, x, m, r, 5, ln.weight)
+    fdx, fdw, _ = lnrs.layer_norm_backward(dy, x, m, r, 5, ln.weight, eps=ln.eps)
     assert same_bits(dx, fdx) and same_bits(ln.weight_grad, fdw)
     assert ln.bias_grad is None
 
@@ -667,7 +667,7 @@ def test_float32_module_on_float64_input(rng):
     assert y.dtype == np.float64 and dx.dtype == np.float64
     w64, b64 = ln.weight.astype(np.float64), ln.bias.astype(np.float64)
     _, m, r = lnrs.layer_norm_forward(x, 10, w64, b64)
-    fdx, fdw, fdb = lnrs.layer_norm_backward(dy, x, m, r, 10, w64)
+    fdx, fdw, fdb = lnrs.layer_norm_backward(dy, x, m, r, 10, w64, eps=ln.eps)
     assert same_bits(dx, fdx)
     assert ln.weight_grad.dtype == np.float32 and ln.bias_grad.dtype == np.float32
     assert same_bits(ln.weight_grad, fdw.astype(np.float32))
@@ -682,7 +682,7 @@ def test_float64_module_on_float32_input(rng):
     dx = ln.backward(dy)
     w32 = ln.weight.astype(np.float32)
     _, m, r = lnrs.layer_norm_forward(x, 10, w32)
-    fdx, fdw, fdb = lnrs.layer_norm_backward(dy, x, m, r, 10, w32)
+    fdx, fdw, fdb = lnrs.layer_norm_backward(dy, x, m, r, 10, w32, eps=ln.eps)
     assert dx.dtype == np.float32 and same_bits(dx, fdx)
     assert same_bits(ln.weight_grad, fdw.astype(np.float64))
     assert same_bits(ln.bias_grad, fdb.astype(np.float64))

@@ -224,8 +224,19 @@ def test_affine_invariance(dtype, shift, offset, n, zero_eps, seed):
 # Backward
 # --------------------------------------------------------------------------------------
 
+# float64 backward: dx and dweight cancel in (g − mean(g) − xhat·mean(g·xhat)),
+# which float64 arithmetic cannot carry to a few ulps; it needs double-double
+# steps (issue 5). Strict: a fix that passes fails the suite until unmarked.
+FLOAT64_BACKWARD_GAP = pytest.mark.xfail(
+    strict=True, reason="issue 5: float64 backward needs double-double dx and dweight"
+)
 OFFSETS = [
-    pytest.param(dt, offset, id=f"{dt.name}-offset_{offset:g}")
+    pytest.param(
+        dt,
+        offset,
+        id=f"{dt.name}-offset_{offset:g}",
+        marks=[FLOAT64_BACKWARD_GAP] if dt == F64 else [],
+    )
     for dt, offset in [
         (F32, 0.0),
         (F32, 1e3),
@@ -244,20 +255,13 @@ def backward_pair(dtype, offset, seed=0):
     dy = rng.standard_normal((16, 512)).astype(dtype)
     w = (1 + 0.5 * rng.standard_normal(512)).astype(dtype)
     _, mean, rstd = lnrs.layer_norm_forward(x, 512, w, None)
-    got = lnrs.layer_norm_backward(dy, x, mean, rstd, 512, w)
+    # eps: the exact gradient needs the exact rstd, which the rounded one
+    # returned by the forward pass is not (see layer_norm_backward).
+    got = lnrs.layer_norm_backward(dy, x, mean, rstd, 512, w, eps=1e-5)
     ref = testing.reference_layer_norm_backward(dy, x, 512, w)
     return got, ref
 
 
-# The backward kernel is handed rstd rounded to the storage type, and dx, dweight
-# amplify that rounding; the exact gradient needs eps to recompute rstd (and
-# float64 dbias a compensated column sum). Issue 5.
-BACKWARD_GAP = pytest.mark.xfail(
-    strict=True, reason="issue 5: backward uses the rounded rstd; float64 dbias sum uncompensated"
-)
-
-
-@BACKWARD_GAP
 @pytest.mark.parametrize("dtype,offset", OFFSETS)
 def test_backward_dx_within_a_few_ulps_on_offset_data(dtype, offset):
     (dx, _, _), (ref, _, _) = backward_pair(dtype, offset)
@@ -266,7 +270,6 @@ def test_backward_dx_within_a_few_ulps_on_offset_data(dtype, offset):
     assert err <= BACKWARD_GOAL, f"dx {err:g} ulp; worst {worst_element(dx, ref)}"
 
 
-@BACKWARD_GAP
 @pytest.mark.parametrize("dtype,offset", OFFSETS)
 def test_backward_dweight_dbias_within_a_few_ulps(dtype, offset):
     (_, dw, db), (_, ref_dw, ref_db) = backward_pair(dtype, offset)

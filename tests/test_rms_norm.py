@@ -795,6 +795,11 @@ def _trained(rng, ns, dtype=F32, **kw):
     return layer
 
 
+def _layer_eps(layer, x):
+    """The eps an RMSNorm layer normalised `x` with (its backward recomputes rstd)."""
+    return layer.eps if layer.eps is not None else float(np.finfo(np.asarray(x).dtype).eps)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_module_initial_state(dtype):
     layer = lnrs.RMSNorm((3, 4), dtype=dtype)
@@ -819,7 +824,7 @@ def test_module_matches_functional(shape, ns, dtype, eps, rng):
     y = layer.forward(x)
     dx = layer.backward(dy)
     yf, rstd = lnrs.rms_norm_forward(x, ns, layer.weight, eps)
-    fdx, fdw = lnrs.rms_norm_backward(dy, x, rstd, ns, layer.weight)
+    fdx, fdw = lnrs.rms_norm_backward(dy, x, rstd, ns, layer.weight, eps=_layer_eps(layer, x))
     assert same_bits(y, yf) and same_bits(dx, fdx) and same_bits(layer.weight_grad, fdw)
     assert same_bits(layer(x), yf)  # __call__
     out = np.empty_like(x)
@@ -845,7 +850,9 @@ def test_module_grads_accumulate_and_reset(rng):
     functional = []
     for x, dy in zip(xs, dys):
         _, r = lnrs.rms_norm_forward(x, ns, layer.weight)
-        functional.append(lnrs.rms_norm_backward(dy, x, r, ns, layer.weight))
+        functional.append(
+            lnrs.rms_norm_backward(dy, x, r, ns, layer.weight, eps=_layer_eps(layer, x))
+        )
     assert layer.weight_grad is None
     layer(xs[0])
     assert same_bits(layer.backward(dys[0]), functional[0][0])
@@ -893,7 +900,7 @@ def test_module_without_affine(rng):
     dx = layer.backward(dy)
     yf, r = lnrs.rms_norm_forward(x, (2, 5))
     assert same_bits(y, yf)
-    assert same_bits(dx, lnrs.rms_norm_backward(dy, x, r, (2, 5))[0])
+    assert same_bits(dx, lnrs.rms_norm_backward(dy, x, r, (2, 5), eps=_layer_eps(layer, x))[0])
     assert layer.weight_grad is None
 
 
@@ -905,7 +912,7 @@ def test_float32_module_on_float64_input(rng):
     dx = layer.backward(dy)
     w64 = layer.weight.astype(np.float64)
     yf, r = lnrs.rms_norm_forward(x, 10, w64)
-    fdx, fdw = lnrs.rms_norm_backward(dy, x, r, 10, w64)
+    fdx, fdw = lnrs.rms_norm_backward(dy, x, r, 10, w64, eps=_layer_eps(layer, x))
     assert y.dtype == F64 and same_bits(y, yf) and same_bits(dx, fdx)
     assert layer.weight_grad.dtype == F32
     assert same_bits(layer.weight_grad, fdw.astype(np.float32))

@@ -19,6 +19,10 @@ STAT_DTYPE = {F32: F32, F64: F64, np.dtype(np.float16): F32}
 DTYPES = "float16, bfloat16, float32 or float64"
 
 
+# DLPack's kDLCPU.
+_DLPACK_CPU = 1
+
+
 def is_bfloat16(dtype: np.dtype) -> bool:
     return dtype.name == "bfloat16" and dtype.itemsize == 2
 
@@ -45,6 +49,13 @@ def float_array(x, name: str) -> np.ndarray:
     or a DLPack or buffer-protocol producer on the CPU (unless its byte order
     is not the machine's)."""
     if not isinstance(x, np.ndarray):
+        if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+            device = x.__dlpack_device__()
+            if int(device[0]) != _DLPACK_CPU:
+                raise TypeError(
+                    f"{name} must be on the CPU (DLPack device type {_DLPACK_CPU}), "
+                    f"got device {tuple(device)}"
+                )
         try:
             x = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
         except (TypeError, ValueError, BufferError, RuntimeError) as e:

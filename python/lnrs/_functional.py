@@ -66,7 +66,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     return result
 
 
-def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
+def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None, *, eps=None):
     """Gradients of :func:`layer_norm` with respect to ``x``, ``weight`` and ``bias``.
 
     Parameters
@@ -80,6 +80,14 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
     normalized_shape : int or sequence of int
     weight : array_like, optional
         The forward pass's weight, of shape ``normalized_shape``.
+    eps : float, optional
+        The forward pass's eps. Given, each row's ``rstd`` is recomputed from
+        ``x`` in the wide type (``rstd`` is then only checked), so ``dx`` and
+        ``dweight`` are those of the exact function: the ``rstd`` that
+        :func:`layer_norm_forward` returns is rounded to float32 for float32
+        input, and the gradient magnifies that rounding where the variance is
+        small next to ``eps``. Without it, ``rstd`` is used as given, as
+        PyTorch does.
 
     Returns
     -------
@@ -100,14 +108,16 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None):
     """
     # The native call reads a missing mean as RMSNorm's: LayerNorm's must have one.
     result = (
-        None if mean is None else _lnrs.norm_backward(dy, x, mean, rstd, normalized_shape, weight)
+        None
+        if mean is None
+        else _lnrs.norm_backward(dy, x, mean, rstd, normalized_shape, weight, eps)
     )
     if result is None:
-        result = backward_checked(dy, x, mean, rstd, normalized_shape, weight, centred=True)
+        result = backward_checked(dy, x, mean, rstd, normalized_shape, weight, eps, centred=True)
     return result
 
 
-def backward_checked(dy, x, mean, rstd, normalized_shape, weight, *, centred):
+def backward_checked(dy, x, mean, rstd, normalized_shape, weight, eps, *, centred):
     """Check and convert the arguments of a backward call, then run it: LayerNorm's
     (`centred`), or RMSNorm's (no mean, no dbias)."""
     x = _checks.float_array(x, "x")
@@ -118,7 +128,8 @@ def backward_checked(dy, x, mean, rstd, normalized_shape, weight, *, centred):
     producer = "layer_norm_forward" if centred else "rms_norm_forward"
     rstd = _checks.row_stat(rstd, "rstd", lead, x, producer)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
-    result = _lnrs.norm_backward(dy, _checks.c_aligned(x), mean, rstd, dims, weight)
+    eps = None if eps is None else _checks.eps_value(eps)
+    result = _lnrs.norm_backward(dy, _checks.c_aligned(x), mean, rstd, dims, weight, eps)
     if result is None:
         raise AssertionError("lnrs: the native fast path declined checked arguments")
     return result

@@ -45,6 +45,7 @@ def norm_backward(
     rstd: object,
     normalized_shape: object,
     weight: object,
+    eps: object = None,
 ) -> tuple[np.ndarray, ...] | None:
     """(dx, dweight, dbias) for LayerNorm, (dx, dweight) for RMSNorm (mean None),
     for kernel-ready arguments; None for anything else."""

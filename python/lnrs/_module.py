@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _checks
 from ._functional import layer_norm_backward, layer_norm_forward
-from ._rms_norm import rms_norm_backward, rms_norm_forward
+from ._rms_norm import _eps, rms_norm_backward, rms_norm_forward
 
 
 class _Norm:
@@ -87,6 +87,7 @@ class LayerNorm(_Norm):
     Training
     --------
     ``forward(x)`` (also ``layer(x)``) keeps ``x`` and the row statistics;
+    backward recomputes rstd from ``x`` with ``eps`` (exact gradients);
     ``backward(dy)`` returns ``dx`` and adds the parameter gradients into
     ``weight_grad`` and ``bias_grad`` (None until the first backward, as
     ``torch``'s ``.grad``); ``zero_grad()`` resets them to None. Each forward
@@ -107,7 +108,9 @@ class LayerNorm(_Norm):
 
     def _backward(self, dy, x, stats):
         mean, rstd = stats
-        return layer_norm_backward(dy, x, mean, rstd, self.normalized_shape, self.weight)
+        return layer_norm_backward(
+            dy, x, mean, rstd, self.normalized_shape, self.weight, eps=self.eps
+        )
 
     def __repr__(self):
         return (
@@ -140,11 +143,13 @@ class RMSNorm(_Norm):
         super().__init__(normalized_shape, eps, elementwise_affine, False, dtype)
 
     def _forward(self, x, out):
-        return rms_norm_forward(x, self.normalized_shape, self.weight, self.eps, out=out)
+        eps = _eps(x, self.eps)
+        y, rstd = rms_norm_forward(x, self.normalized_shape, self.weight, eps, out=out)
+        return y, rstd, eps
 
     def _backward(self, dy, x, stats):
-        (rstd,) = stats
-        return rms_norm_backward(dy, x, rstd, self.normalized_shape, self.weight)
+        rstd, eps = stats
+        return rms_norm_backward(dy, x, rstd, self.normalized_shape, self.weight, eps=eps)
 
     def __repr__(self):
         return (

@@ -19,10 +19,10 @@ def _eps(x, eps):
     dtype = getattr(x, "dtype", None)
     if dtype in _DEFAULT_EPS:
         return _DEFAULT_EPS[dtype]
-    if dtype is None:
+    if not isinstance(dtype, np.dtype):
         try:
-            dtype = np.asarray(x).dtype
-        except (TypeError, ValueError):
+            dtype = _checks.float_array(x, "x").dtype
+        except TypeError:
             return None
     if isinstance(dtype, np.dtype) and dtype.kind == "f":
         return float(np.finfo(dtype).eps)
@@ -84,7 +84,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None, *, out=None):
     return result
 
 
-def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None):
+def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None, *, eps=None):
     """Gradients of :func:`rms_norm` with respect to ``x`` and ``weight``.
 
     Parameters
@@ -96,6 +96,9 @@ def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None):
         As :func:`rms_norm_forward` returned it.
     normalized_shape : int or sequence of int
     weight : array_like, optional
+    eps : float, optional
+        The forward pass's eps (its default is not assumed): given, ``rstd`` is
+        recomputed from ``x`` in the wide type, as in :func:`lnrs.layer_norm_backward`.
 
     Returns
     -------
@@ -109,9 +112,9 @@ def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None):
     Matches autograd through ``torch.nn.functional.rms_norm``; sums in float64,
     ``dweight`` over fixed blocks of rows in a fixed order (deterministic).
     """
-    result = _lnrs.norm_backward(dy, x, None, rstd, normalized_shape, weight)
+    result = _lnrs.norm_backward(dy, x, None, rstd, normalized_shape, weight, eps)
     if result is None:
-        result = backward_checked(dy, x, None, rstd, normalized_shape, weight, centred=False)
+        result = backward_checked(dy, x, None, rstd, normalized_shape, weight, eps, centred=False)
     return result
 
 

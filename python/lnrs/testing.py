@@ -5,16 +5,33 @@ over them.
 Functions
 ---------
 reference_layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> (y, mean, rstd)
+reference_layer_norm_half(x, ...) -> (y, mean, rstd)     float16 / bfloat16 x
+reference_rms_norm(x, normalized_shape, weight=None, eps=None) -> (y, rstd)    any of the four
 reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps=1e-5)
     -> (dx, dweight, dbias)
 ulp_error(y, reference, *, per_row=False, floor=2**-10)
 adversarial_inputs(dtype=np.float32, seed=0, *, quick=False) -> {name: Case}
-compare(fn, cases=None, dtype=np.float32) -> {name: CaseResult}
+adversarial_inputs_half(dtype=np.float16, seed=0, *, quick=False) -> {name: Case}
+compare(fn, cases=None, dtype=np.float32, *, norm="layer") -> {name: CaseResult}
+goal_ulp(dtype) -> lnrs's goal for y in ulps (GOAL_ULP, bfloat16 included)
 
 Adapters for :func:`compare` (``fn(x, normalized_shape, weight, bias, eps) -> y``)
 ---------------------------------------------------------------------------------
 lnrs_fn, numpy_fn, torch_fn, onnxruntime_fn; peer_fn(name) returns one of them, or
-None when its package is not installed.
+None when its package is not installed. RMSNorm (``fn(x, normalized_shape, weight,
+eps) -> y``, ``compare(..., norm="rms")``): lnrs_rms_fn, numpy_rms_fn, torch_rms_fn,
+onnxruntime_rms_fn (opset 23); peer_fn(name, "rms"). An adapter raises
+:class:`NotSupported` for a dtype or operation its peer lacks.
+
+Half types
+----------
+float16 and bfloat16 (``ml_dtypes.bfloat16``, known by name: this module never
+imports ml_dtypes) are read exactly through float32; the exact result is rounded
+once to the half type (to nearest, ties to even, with the half type's subnormals
+and overflow) by integer arithmetic, or from the correctly rounded float64 value
+where that is not exactly halfway between two half-type neighbours (the only place
+where rounding twice can differ from rounding once); ``mean``/``rstd`` are float32.
+``ulp_error`` measures bfloat16 in its own spacing.
 
 What "exact" means
 ------------------
@@ -67,25 +84,48 @@ __all__ = [
     "Case",
     "CaseResult",
     "GOAL_ULP",
+    "GOAL_ULP_HALF",
+    "NotSupported",
     "PEERS",
+    "RMS_PEERS",
     "ULP_FLOOR",
     "adversarial_inputs",
+    "adversarial_inputs_half",
+    "case_floor",
     "compare",
+    "goal_ulp",
     "lnrs_fn",
+    "lnrs_rms_fn",
     "numpy_fn",
+    "numpy_rms_fn",
     "onnxruntime_fn",
+    "onnxruntime_rms_fn",
     "peer_fn",
     "reference_layer_norm",
     "reference_layer_norm_backward",
+    "reference_layer_norm_half",
+    "reference_rms_norm",
     "torch_fn",
+    "torch_rms_fn",
     "ulp_error",
 ]
 
 #: Outputs smaller than this are measured in ulps of this value (see :func:`ulp_error`).
 ULP_FLOOR = 2.0**-10
 
-#: lnrs's accuracy goal for ``y``, in ulps (:func:`ulp_error`), per input dtype.
-GOAL_ULP = {np.dtype(np.float32): 2.0, np.dtype(np.float64): 16.0}
+#: lnrs's accuracy goal for ``y``, in ulps (:func:`ulp_error`), per input dtype
+#: (bfloat16, which needs ml_dtypes: :func:`goal_ulp`).
+GOAL_ULP = {np.dtype(np.float32): 2.0, np.dtype(np.float64): 16.0, np.dtype(np.float16): 1.0}
+
+#: The goal for the half types: within 1 ulp of the exactly rounded result.
+GOAL_ULP_HALF = 1.0
+
+
+def goal_ulp(dtype) -> float:
+    """lnrs's accuracy goal for ``y`` in ulps for input ``dtype``, bfloat16 included."""
+    dt = np.dtype(dtype)
+    return GOAL_ULP_HALF if _is_bfloat16(dt) else GOAL_ULP[dt]
+
 
 # (significand bits, including the hidden one; exponent of the smallest normal; of the largest)
 _FORMATS = {np.dtype(np.float32): (24, -126, 127), np.dtype(np.float64): (53, -1022, 1023)}
@@ -102,6 +142,35 @@ def _format(dtype) -> tuple[int, int, int]:
     return _FORMATS[dt]
 
 
+# The half types: outputs only (their values are read exactly through float32).
+_HALF_FORMATS = {"float16": (11, -14, 15), "bfloat16": (8, -126, 127)}
+
+
+def _is_bfloat16(dtype) -> bool:
+    """ml_dtypes' bfloat16, known by name so that lnrs.testing never imports ml_dtypes."""
+    dt = np.dtype(dtype)
+    return dt.name == "bfloat16" and dt.itemsize == 2
+
+
+def _is_half(dtype) -> bool:
+    dt = np.dtype(dtype)
+    return dt == np.float16 or _is_bfloat16(dt)
+
+
+def _format_any(dtype) -> tuple[int, int, int]:
+    """:func:`_format`, and the half types as outputs."""
+    dt = np.dtype(dtype)
+    if _is_half(dt):
+        return _HALF_FORMATS[dt.name]
+    return _format(dt)
+
+
+def _stat_dtype(dtype) -> np.dtype:
+    """The dtype of mean/rstd (and of the exact reading of x) for input `dtype`."""
+    dt = np.dtype(dtype)
+    return np.dtype(np.float32) if _is_half(dt) else dt
+
+
 # --------------------------------------------------------------------------------------
 # Exact rounding of rationals
 # --------------------------------------------------------------------------------------
@@ -110,7 +179,7 @@ def _format(dtype) -> tuple[int, int, int]:
 def _round_ratio(num: int, den: int, dtype) -> float:
     """num/den (den > 0) correctly rounded to `dtype` (to nearest, ties to even,
     with subnormals and overflow to inf), returned as a Python float."""
-    p, emin, emax = _format(dtype)
+    p, emin, emax = _format_any(dtype)
     if num == 0:
         return 0.0
     neg = num < 0
@@ -153,6 +222,8 @@ def _round_quotients(num: np.ndarray, den, dtype) -> np.ndarray:
         ).reshape(num.shape)
     if dt == np.float64:
         return q
+    if _is_half(dt):
+        return _round_quotients_half(q, num, den, dt)
     with np.errstate(over="ignore", invalid="ignore"):
         y = q.astype(np.float32)
         y64 = y.astype(np.float64)
@@ -163,6 +234,44 @@ def _round_quotients(num: np.ndarray, den, dtype) -> np.ndarray:
     redo = boundary | (np.abs(q) >= float(np.finfo(np.float32).max))
     for i in zip(*np.nonzero(redo)):
         y[i] = _round_ratio(int(num[i]), int(den[i]), np.float32)
+    return y
+
+
+def _round_float64(q: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values rounded to the half type `dtype` by hand (to nearest, ties to
+    even, with subnormals and overflow to inf), and where each was exactly halfway
+    between two neighbours of that type (a tie, or a double-rounding hazard).
+
+    Exact: scaling by powers of two and ``np.rint`` (ties to even) are exact in
+    float64 for these magnitudes; the result converts to ``dtype`` without rounding
+    (so ml_dtypes' own conversion, which may round twice, is never relied on).
+    """
+    p, emin, emax = _format_any(dtype)
+    q = np.asarray(q, dtype=np.float64)
+    finite = np.isfinite(q)
+    qf = np.where(finite, q, 0.0)
+    _, ex = np.frexp(qf)  # |q| in [2**(ex-1), 2**ex)
+    scale = np.maximum(ex - 1, emin) - (p - 1)  # exponent of the spacing at q
+    r = np.ldexp(qf, -scale)
+    k = np.rint(r)
+    tie = np.abs(r - np.trunc(r)) == 0.5
+    y = np.ldexp(k, scale)
+    top = (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+    y = np.where(np.abs(y) > top, np.copysign(np.inf, qf), y)
+    y = np.where(finite, y, q)
+    return y.astype(dtype), tie & finite
+
+
+def _round_quotients_half(q: np.ndarray, num, den, dtype) -> np.ndarray:
+    """The half-type branch of :func:`_round_quotients`: `q`, the float64 quotients
+    (correctly rounded), rounded once more; only a `q` that lands exactly halfway
+    between two half-type neighbours (where the two roundings could differ from one
+    rounding of the exact quotient) is redone exactly."""
+    y, tie = _round_float64(q, dtype)
+    p, _, emax = _format_any(dtype)
+    redo = tie | (np.abs(q) >= (2.0 - 2.0 ** (1 - p)) * 2.0**emax)
+    for i in zip(*np.nonzero(redo)):
+        y[i] = _round_ratio(int(num[i]), int(den[i]), dtype)
     return y
 
 
@@ -220,7 +329,7 @@ def _round_affine(C, B, r2s, ecs, dcs, eb, dtype) -> np.ndarray:
     r2s, ecs, dcs: per row (Fraction > 0, int, int > 0); B: an object row vector
     (or None) with a common exponent eb.
     """
-    p = _format(dtype)[0]
+    p = _format_any(dtype)[0]
     bits = p + _GUARD
     rows = C.shape[0]
     fs = [
@@ -363,41 +472,53 @@ def reference_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float
     Speed: about 1 µs an element and a few µs a row, whatever the values (a row of
     2**20 float32 in under a second).
     """
-    x = _float_input(x)
-    dt = x.dtype
-    dims = _as_dims(normalized_shape)
-    xr = _rows(x, dims)
-    rows, n = xr.shape
+    return _reference_layer_norm(_float_input(x), normalized_shape, weight, bias, eps)
+
+
+def _eps_value(eps) -> float:
     eps = float(eps)
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    w = _param(weight, "weight", dims, dt)
-    b = _param(bias, "bias", dims, dt)
+    return eps
+
+
+def _reference_layer_norm(x: np.ndarray, normalized_shape, weight, bias, eps):
+    """The reference for any of float32, float64, float16, bfloat16 ``x``: a half
+    type is read exactly as float32 (its statistics dtype), its weight and bias
+    taken in float32 (as lnrs takes them), and ``y`` rounded once to the half type."""
+    dt = x.dtype
+    wide = _stat_dtype(dt)  # x's values are read exactly in this dtype; mean/rstd's dtype
+    dims = _as_dims(normalized_shape)
+    xr = _rows(x, dims)
+    rows, n = xr.shape
+    eps = _eps_value(eps)
+    w = _param(weight, "weight", dims, wide)
+    b = _param(bias, "bias", dims, wide)
     lead = x.shape[: x.ndim - len(dims)]
     y = np.full((rows, n), np.nan, dtype=dt)
-    mean = np.full(rows, np.nan, dtype=dt)
-    rstd = np.full(rows, np.nan, dtype=dt)
+    mean = np.full(rows, np.nan, dtype=wide)
+    rstd = np.full(rows, np.nan, dtype=wide)
     if rows == 0 or n == 0:
         return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
 
     finite = np.isfinite(xr).all(axis=1)
     for i in np.nonzero(~finite)[0]:
         mean[i] = _nonfinite_mean(xr[i])
-    W, ew = _vector_ints(w, dt)
-    B, eb = _vector_ints(b, dt)
+    W, ew = _vector_ints(w, wide)
+    B, eb = _vector_ints(b, wide)
     # Rows in blocks of about 2**16 elements (bounded memory for the object arrays).
     block = max(1, (1 << 16) // n)
     good = np.nonzero(finite)[0]
     for start in range(0, good.size, block):
         idx = good[start : start + block]
-        X, e = _ints(xr[idx])
+        X, e = _ints(xr[idx].astype(wide, copy=False))
         S, _, veps = _row_moments(X, e, eps)
         for k, i in enumerate(idx):
-            mean[i] = _round_ratio(S[k] << max(int(e[k]), 0), n << max(-int(e[k]), 0), dt)
+            mean[i] = _round_ratio(S[k] << max(int(e[k]), 0), n << max(-int(e[k]), 0), wide)
             if veps[k] == 0:
                 rstd[i] = np.inf
             else:
-                rstd[i] = _round_root(1 / veps[k], dt)
+                rstd[i] = _round_root(1 / veps[k], wide)
         ok = [k for k in range(len(idx)) if veps[k] != 0]
         if not ok:
             continue
@@ -454,6 +575,130 @@ def _apply_nonfinite_params(y, xr, mean, rstd, w, b, finite) -> None:
         v = xhat * wb + bb
     v[~finite] = np.nan
     y[:, bad] = v.astype(y.dtype)
+
+
+def _half_input(x, name: str = "x") -> np.ndarray:
+    x = np.asarray(x)
+    if not _is_half(x.dtype):
+        raise TypeError(f"{name} must have dtype float16 or bfloat16, got {x.dtype}")
+    return x
+
+
+def reference_layer_norm_half(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """:func:`reference_layer_norm` for float16 and bfloat16 (ml_dtypes) input:
+    ``(y, mean, rstd)``.
+
+    ``x``'s values are read exactly (through float32), ``weight`` and ``bias`` are
+    taken in float32 (as lnrs takes them beside half input: a half-type weight is
+    exact in float32, a float32 one is used as it is), ``y`` is the exact value
+    correctly rounded once to ``x``'s dtype (to nearest, ties to even, with the half
+    type's subnormals and overflow to inf), and ``mean``/``rstd`` are float32,
+    correctly rounded. bfloat16 is rounded by this module from the exact rational,
+    never by ml_dtypes' conversions.
+    """
+    return _reference_layer_norm(_half_input(x), normalized_shape, weight, bias, eps)
+
+
+def reference_rms_norm(x, normalized_shape, weight=None, eps: float | None = None):
+    """RMSNorm evaluated exactly and rounded once: ``(y, rstd)``.
+
+    Per row of ``n`` elements, in exact real arithmetic::
+
+        rstd = 1 / sqrt(Σx² / n + eps)
+        y    = x · rstd · weight
+
+    Parameters
+    ----------
+    x : array_like of float32, float64, float16 or bfloat16 (ml_dtypes)
+    normalized_shape : int or sequence of int
+        The trailing dimensions of ``x`` that make a row.
+    weight : array_like, optional
+        Of shape ``normalized_shape``; converted to ``x``'s dtype first for float32
+        and float64 input, to float32 for half input (as lnrs does).
+    eps : float, optional
+        The exact value of the Python float given; default ``np.finfo(x.dtype).eps``
+        (``2**-7`` for bfloat16), as ``lnrs.rms_norm`` and ``torch.nn.functional.rms_norm``.
+
+    Returns
+    -------
+    y : ndarray
+        ``x``'s shape and dtype, each element correctly rounded (to nearest, ties
+        to even, with subnormals and overflow to ±inf).
+    rstd : ndarray
+        Of shape ``x.shape[:-len(normalized_shape)]``: float32 for float32 and half
+        input, float64 for float64, correctly rounded.
+
+    Notes
+    -----
+    Rows that hold non-finite values follow IEEE arithmetic, as PyTorch, ONNX and
+    lnrs do: a row with a NaN gives NaN ``y`` and ``rstd``; a row with ±Inf (and no
+    NaN) has a mean square of Inf, so ``rstd = 0`` and ``y = x·0·weight`` (0 for
+    finite ``x``, NaN at the infinities). A row with ``Σx²/n + eps == 0`` (zeros
+    with ``eps = 0``) gives ``rstd = inf`` and NaN ``y`` (0·inf). Non-finite
+    ``weight`` entries are applied in IEEE float64 arithmetic, as in
+    :func:`reference_layer_norm`.
+    """
+    x = np.asarray(x)
+    if x.dtype not in _FORMATS and not _is_half(x.dtype):
+        raise TypeError(f"x must have dtype float32, float64, float16 or bfloat16, got {x.dtype}")
+    dt = x.dtype
+    wide = _stat_dtype(dt)
+    if eps is None:
+        eps = 2.0**-7 if _is_bfloat16(dt) else float(np.finfo(dt).eps)
+    eps = _eps_value(eps)
+    dims = _as_dims(normalized_shape)
+    xr = _rows(x, dims)
+    rows, n = xr.shape
+    w = _param(weight, "weight", dims, wide)
+    lead = x.shape[: x.ndim - len(dims)]
+    y = np.full((rows, n), np.nan, dtype=dt)
+    rstd = np.full(rows, np.nan, dtype=wide)
+    if rows == 0 or n == 0:
+        return y.reshape(x.shape), rstd.reshape(lead)
+
+    finite = np.isfinite(xr).all(axis=1)
+    infinite = ~finite & ~np.isnan(xr).any(axis=1)
+    if infinite.any():  # IEEE: mean square inf, rstd 0, y = x·0·w
+        rstd[infinite] = 0.0
+        with np.errstate(invalid="ignore"):
+            v = xr[infinite].astype(np.float64) * 0.0
+            if w is not None:
+                v = v * w.astype(np.float64)
+        y[infinite] = v.astype(dt)
+    W, ew = _vector_ints(w, wide)
+    block = max(1, (1 << 16) // n)
+    good = np.nonzero(finite)[0]
+    feps = Fraction(eps)
+    for start in range(0, good.size, block):
+        idx = good[start : start + block]
+        X, e = _ints(xr[idx].astype(wide, copy=False))
+        Q = list((X * X).sum(axis=1))
+        veps = [Fraction(q, n) * Fraction(4) ** int(ei) + feps for q, ei in zip(Q, e)]
+        for k, i in enumerate(idx):
+            rstd[i] = np.inf if veps[k] == 0 else _round_root(1 / veps[k], wide)
+        ok = [k for k in range(len(idx)) if veps[k] != 0]
+        if not ok:
+            continue
+        rows_ok = idx[ok]
+        for c0 in range(0, n, 1 << 16):
+            c1 = min(n, c0 + (1 << 16))
+            C = X[ok, c0:c1]
+            if W is not None:
+                C = C * W[c0:c1]
+            y[rows_ok, c0:c1] = _round_affine(
+                C,
+                None,
+                [1 / veps[k] for k in ok],
+                [int(e[k]) + ew for k in ok],
+                [1] * len(ok),
+                0,
+                dt,
+            )
+    if w is not None and not np.isfinite(w).all():
+        zero = np.zeros(rows, dtype=np.float64)
+        # Rows with NaN/Inf get NaN there: x·0·w is NaN where w is not finite.
+        _apply_nonfinite_params(y, xr, zero, rstd, w, None, finite)
+    return y.reshape(x.shape), rstd.reshape(lead)
 
 
 def reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps: float = 1e-5):
@@ -600,7 +845,7 @@ def ulp_error(y, reference, *, per_row: bool | int = False, floor: float = ULP_F
 
     Parameters
     ----------
-    y : array_like of float32 or float64
+    y : array_like of float32 or float64 (or float16, or ml_dtypes' bfloat16)
         The result under test; its dtype sets the unit.
     reference : array_like
         The exact result (as :func:`reference_layer_norm` returns), same shape.
@@ -620,6 +865,8 @@ def ulp_error(y, reference, *, per_row: bool | int = False, floor: float = ULP_F
     ref = np.asarray(reference)
     if y.shape != ref.shape:
         raise ValueError(f"y has shape {y.shape} but reference has shape {ref.shape}")
+    if _is_bfloat16(y.dtype):
+        return _ulp_error_bfloat16(y, ref, per_row, floor)
     dt = y.dtype if y.dtype.kind == "f" else np.dtype(np.float64)
     wide = np.dtype(np.longdouble) if dt.itemsize >= 8 else np.dtype(np.float64)
     with np.errstate(all="ignore"):
@@ -628,6 +875,26 @@ def ulp_error(y, reference, *, per_row: bool | int = False, floor: float = ULP_F
         scale = np.maximum(np.abs(rw), wide.type(floor))
         scale = np.minimum(scale, wide.type(np.finfo(dt).max)).astype(dt)
         unit = np.spacing(scale).astype(wide)
+        return _reduce_ulps(yw, rw, finite, unit, per_row)
+
+
+def _ulp_error_bfloat16(y, ref, per_row, floor):
+    """:func:`ulp_error` for ml_dtypes' bfloat16, which NumPy's finfo and spacing
+    do not know: the spacing is computed from the format (8 significand bits)."""
+    p, emin, emax = _HALF_FORMATS["bfloat16"]
+    top = (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+    with np.errstate(all="ignore"):
+        yw, rw = y.astype(np.float64), ref.astype(np.float64)
+        finite = np.isfinite(yw) & np.isfinite(rw)
+        scale = np.minimum(np.maximum(np.abs(np.where(finite, rw, 0.0)), floor), top)
+        scale = _round_float64(scale, y.dtype)[0].astype(np.float64)
+        _, ex = np.frexp(scale)
+        unit = np.ldexp(1.0, np.maximum(ex - 1, emin) - (p - 1))
+        return _reduce_ulps(yw, rw, finite, unit, per_row)
+
+
+def _reduce_ulps(yw, rw, finite, unit, per_row):
+    with np.errstate(all="ignore"):
         err = np.where(finite, np.abs(yw - rw) / unit, 0).astype(np.float64)
         same = (np.isnan(yw) & np.isnan(rw)) | (yw == rw)
     err = np.where(finite | same, err, np.inf)
@@ -665,16 +932,32 @@ class Case:
     description: str = ""
     tags: frozenset = frozenset()
     _ref: Any = field(default=None, repr=False)
+    _rms_ref: Any = field(default=None, repr=False)
 
     @property
     def args(self) -> tuple:
         return (self.x, self.normalized_shape, self.weight, self.bias, self.eps)
 
+    @property
+    def rms_args(self) -> tuple:
+        """The arguments in RMSNorm order, ``(x, normalized_shape, weight, eps)``: no bias."""
+        return (self.x, self.normalized_shape, self.weight, self.eps)
+
     def reference(self):
-        """``reference_layer_norm`` of this case, ``(y, mean, rstd)``, computed once."""
+        """``reference_layer_norm`` of this case, ``(y, mean, rstd)``, computed once
+        (:func:`reference_layer_norm_half` for float16 and bfloat16 cases)."""
         if self._ref is None:
-            self._ref = reference_layer_norm(*self.args)
+            if _is_half(self.x.dtype):
+                self._ref = reference_layer_norm_half(*self.args)
+            else:
+                self._ref = reference_layer_norm(*self.args)
         return self._ref
+
+    def rms_reference(self):
+        """``reference_rms_norm`` of this case, ``(y, rstd)``, computed once."""
+        if self._rms_ref is None:
+            self._rms_ref = reference_rms_norm(*self.rms_args)
+        return self._rms_ref
 
 
 def adversarial_inputs(dtype=np.float32, seed: int = 0, *, quick: bool = False) -> dict:
@@ -877,6 +1160,270 @@ def adversarial_inputs(dtype=np.float32, seed: int = 0, *, quick: bool = False) 
     return cases
 
 
+def adversarial_inputs_half(dtype=np.float16, seed: int = 0, *, quick: bool = False) -> dict:
+    """Named inputs for the half types, as :func:`adversarial_inputs` for float32/float64.
+
+    Parameters
+    ----------
+    dtype : float16 or ml_dtypes.bfloat16
+    seed, quick :
+        As :func:`adversarial_inputs`.
+
+    Returns
+    -------
+    dict of name -> :class:`Case`
+        ``x`` in ``dtype``; ``weight``/``bias`` in float32 (tag ``weight_float32``:
+        lnrs takes float32 parameters beside half input, and they must not lose
+        bits) or in ``dtype``. The classes, with magnitudes fitted to the type's
+        range: ``offset_*`` (c + N(0,1), ``*_affine`` with parameters),
+        ``tiny_spread``, ``squares_overflow_*`` (squares past the half type's range;
+        for bfloat16 past float32's), ``squares_underflow`` and ``subnormal_inputs``
+        (eps = 0), ``output_overflow`` / ``output_subnormal`` (weights that push
+        ``y`` past the largest or below the smallest normal half value),
+        ``params_float32`` (float32 weight and bias with bits the half type lacks),
+        ``long_rows``, ``long_row_single``, ``outlier`` / ``outlier_first``,
+        ``variance_near_eps``, ``rows_of_3`` / ``rows_of_4``, ``multi_axis``,
+        ``constant_rows`` / ``constant_rounds_equal`` / ``one_element_rows`` (tag
+        ``exact``), ``nonfinite_rows`` (tag ``nonfinite``). ``output_subnormal`` is
+        tagged ``unfloored``: measured without the ulp floor (:func:`case_floor`),
+        which would otherwise hide its tiny outputs. Their references are
+        :func:`reference_layer_norm_half` and :func:`reference_rms_norm`.
+    """
+    dt = np.dtype(dtype)
+    if not _is_half(dt):
+        raise TypeError(f"dtype must be float16 or bfloat16, got {dt}")
+    bf = _is_bfloat16(dt)
+    p, emin, emax = _format_any(dt)
+    top = (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+    f32 = np.dtype(np.float32)
+    rng = np.random.default_rng(seed)
+    rows, cols = (8, 256) if quick else (32, 1024)
+    long_n, single_n = (1 << 12, 1 << 14) if quick else (1 << 16, 1 << 20)
+    cases: dict[str, Case] = {}
+
+    def add(name, x, shape, weight=None, bias=None, eps=1e-5, description="", tags=(), wdt=f32):
+        x = np.asarray(x, dtype=np.float64)
+        x = np.where(np.isfinite(x), np.clip(x, -top, top), x)  # in range; NaN/Inf kept
+        x = np.ascontiguousarray(x.astype(dt))
+        shape = _as_dims(shape)
+        weight = None if weight is None else np.asarray(weight, np.float64).astype(wdt)
+        bias = None if bias is None else np.asarray(bias, np.float64).astype(wdt)
+        tags = set(tags) | ({"weight_float32"} if wdt == f32 and weight is not None else set())
+        cases[name] = Case(name, x, shape, weight, bias, eps, description, frozenset(tags))
+
+    def normal(*shape):
+        return rng.standard_normal(shape)
+
+    offsets = [1e2, 1e3] + ([1e4] if not bf else [])
+    for c in offsets:
+        tag = f"1e{round(math.log10(c))}"
+        add(f"offset_{tag}", c + normal(rows, cols), cols, description=f"{c:g} + N(0,1)")
+    c = offsets[-1]
+    tag = f"1e{round(math.log10(c))}"
+    add(
+        f"offset_{tag}_affine",
+        c + normal(rows, cols),
+        cols,
+        1 + 0.5 * normal(cols),
+        normal(cols),
+        description=f"{c:g} + N(0,1), float32 weight N(1, 0.5²) and bias N(0,1)",
+        tags={"affine"},
+    )
+    add(
+        f"offset_{tag}_affine_half",
+        c + normal(rows, cols),
+        cols,
+        1 + 0.5 * normal(cols),
+        normal(cols),
+        description=f"{c:g} + N(0,1), weight and bias in {dt.name}",
+        tags={"affine"},
+        wdt=dt,
+    )
+
+    n_spread = 256
+    cs = [1.0, 3.0, 1e2, 1e3, 7e3, 3e4] if not bf else [1.0, 3.0, 1e3, 7e4, 1e6, 1e10, 1e20, 1e30]
+    xs = []
+    for k, c in enumerate(cs * 2):
+        spacing = 2.0 ** (max(math.frexp(c)[1] - 1, emin) - (p - 1))
+        xs.append(c + spacing * (1 + k % 3) * np.arange(n_spread))
+    add(
+        "tiny_spread",
+        np.array(xs),
+        n_spread,
+        eps=0.0,
+        description=f"c + i·δ, δ = 1..3 ulps of c, c = 1 … {cs[-1]:g}, eps = 0",
+    )
+    add(
+        "tiny_spread_eps",
+        np.array(xs),
+        n_spread,
+        description=f"c + i·δ, δ = 1..3 ulps of c, c = 1 … {cs[-1]:g}, eps = 1e-5",
+    )
+
+    big = (1e20, 1e30) if bf else (3e2, 1e4)
+    for s in big:
+        tag = f"{s:.0e}".replace("+", "").replace("e0", "e")
+        add(f"squares_overflow_{tag}", s * normal(rows, cols), cols, description=f"{s:g}·N(0,1)")
+    add(
+        "squares_overflow_uniform",
+        top * rng.uniform(-1.0, 1.0, (rows, cols)),
+        cols,
+        description=f"uniform(±{top:g})",
+    )
+    add(
+        "squares_overflow_offset",
+        big[1] * (1 + 1e-2 * normal(rows, cols)),
+        cols,
+        description=f"{big[1]:g}·(1 + 1e-2·N(0,1))",
+    )
+    tiny = 1e-20 if bf else 1e-3
+    add(
+        "squares_underflow",
+        tiny * normal(rows, cols),
+        cols,
+        eps=0.0,
+        description=f"{tiny:g}·N(0,1), eps = 0",
+    )
+    sub = 2.0 ** (emin - 3)
+    add(
+        "subnormal_inputs",
+        sub * normal(rows, cols),
+        cols,
+        eps=0.0,
+        description=f"2**{emin - 3}·N(0,1): subnormal {dt.name} values, eps = 0",
+    )
+    add(
+        "output_overflow",
+        normal(rows, cols),
+        cols,
+        np.full(cols, top / 2.5),
+        description=f"N(0,1), float32 weight {top / 2.5:.3g}: y past {dt.name}'s largest",
+    )
+    add(
+        "output_subnormal",
+        normal(rows, cols),
+        cols,
+        np.full(cols, 2.0 ** (emin - 2)),
+        normal(cols) * 2.0 ** (emin - 4),
+        description=f"N(0,1), float32 weight 2**{emin - 2}: y subnormal in {dt.name}, "
+        "measured without the ulp floor",
+        tags={"unfloored"},
+    )
+    add(
+        "params_float32",
+        normal(rows, cols),
+        cols,
+        1 + 2.0**-20 * rng.integers(1, 1 << 12, cols),
+        1 + 2.0**-18 * rng.integers(1, 1 << 12, cols),
+        description=f"N(0,1), float32 weight and bias with bits {dt.name} lacks",
+        tags={"affine"},
+    )
+    base = 1e2 if bf else 1e3
+    add(
+        "long_rows",
+        base / 10 + 3 * normal(4 if not quick else 2, long_n),
+        long_n,
+        description=f"rows of {long_n}: {base / 10:g} + 3·N(0,1)",
+        tags={"long"},
+    )
+    add(
+        "long_row_single",
+        base + normal(1, single_n),
+        single_n,
+        description=f"one row of {single_n}: {base:g} + N(0,1)",
+        tags={"long"},
+    )
+    x = normal(rows, cols)
+    x[np.arange(rows), rng.integers(1, cols, rows)] = 1e4 * rng.choice([-1.0, 1.0], rows)
+    add("outlier", x, cols, description="N(0,1) with one ±1e4 per row")
+    x = normal(rows, cols)
+    x[:, 0] = 1e4 * rng.choice([-1.0, 1.0], rows)
+    add("outlier_first", x, cols, description="N(0,1) with ±1e4 at position 0")
+    scales = np.sqrt(1e-5) * np.geomspace(0.03, 30, rows)[:, None]
+    add(
+        "variance_near_eps",
+        scales * normal(rows, cols) + 0.0625,
+        cols,
+        description="1/16 + s·N(0,1), s² = 1e-3…1e3 × eps",
+    )
+    short = 256 if quick else 2048
+    small_offset = 1e1 if bf else 1e2
+    add(
+        "rows_of_3",
+        small_offset + normal(short, 3),
+        3,
+        1 + normal(3),
+        normal(3),
+        description=f"{small_offset:g} + N(0,1), 3 per row, weight and bias in {dt.name}",
+        tags={"affine"},
+        wdt=dt,
+    )
+    add(
+        "rows_of_4",
+        small_offset + normal(short, 4),
+        4,
+        description=f"{small_offset:g} + N(0,1), 4 per row",
+    )
+    add(
+        "multi_axis",
+        small_offset + normal(4, 3, 16, 24),
+        (16, 24),
+        1 + 0.5 * normal(16, 24),
+        normal(16, 24),
+        description=f"normalized_shape (16, 24) of (4, 3, 16, 24), {small_offset:g} + N(0,1), "
+        "float32 weight and bias",
+        tags={"affine"},
+    )
+    if bf:
+        consts = [0.0, 1.0, -3.3, 1e-30, 1e4, 3e38, -1e20, 1e-40]
+    else:
+        consts = [0.0, 1.0, -3.3, 1e-7, 1e3 + 0.1, 6e4, -3e4, 6e-8]
+    x = np.repeat(np.array(consts)[:, None], 96, axis=1)
+    add(
+        "constant_rows",
+        x,
+        96,
+        normal(96),
+        normal(96),
+        description="constant rows of 0, ±small, ±huge, subnormal values; float32 weight, bias",
+        tags={"exact"},
+    )
+    base = 1024.0 if bf else 8192.0
+    add(
+        "constant_rounds_equal",
+        base + np.tile(np.arange(5.0), (4, 1)),
+        5,
+        normal(5),
+        normal(5),
+        description=f"{base:g} + 0…4, which round to one value; weight and bias in {dt.name}",
+        tags={"exact"},
+        wdt=dt,
+    )
+    extremes = [0.0, 1e30, -1e-30, 1e-40] if bf else [0.0, 6e4, -1e-4, 6e-8]
+    add(
+        "one_element_rows",
+        np.concatenate([small_offset + normal(32), extremes])[:, None],
+        1,
+        [2.5],
+        [-0.75],
+        description="rows of one element: y = bias whatever the weight",
+        tags={"exact"},
+    )
+    x = small_offset + normal(8, 64)
+    x[1, 5] = np.nan
+    x[3, 0] = np.inf
+    x[5, 63] = -np.inf
+    x[7, [2, 9]] = [np.inf, -np.inf]
+    add(
+        "nonfinite_rows",
+        x,
+        64,
+        description="rows 1, 3, 5, 7 hold NaN / Inf; rows 0, 2, 4, 6 must stay finite and exact",
+        tags={"nonfinite"},
+    )
+    return cases
+
+
 # --------------------------------------------------------------------------------------
 # Implementations to compare
 # --------------------------------------------------------------------------------------
@@ -913,13 +1460,27 @@ def torch_fn(x, normalized_shape, weight, bias, eps):
         raise ImportError("torch_fn needs PyTorch: pip install torch") from err
 
     def t(a):
-        return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=x.dtype))
+        return None if a is None else _to_torch(torch, a, x.dtype)
 
     with torch.no_grad():
         y = torch.nn.functional.layer_norm(
             t(x), tuple(_as_dims(normalized_shape)), t(weight), t(bias), eps
         )
-    return y.numpy()
+    return _from_torch(torch, y, x.dtype)
+
+
+def _to_torch(torch, a, dtype):
+    """`a` in `dtype` as a CPU tensor; bfloat16 (ml_dtypes) through its bits."""
+    a = np.ascontiguousarray(np.asarray(a).astype(dtype, copy=False))
+    if _is_bfloat16(a.dtype):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _from_torch(torch, t, dtype):
+    if _is_bfloat16(dtype):
+        return t.contiguous().view(torch.int16).numpy().view(dtype)
+    return t.numpy()
 
 
 _ORT_SESSIONS: dict = {}
@@ -939,11 +1500,12 @@ def onnxruntime_fn(x, normalized_shape, weight, bias, eps):
             "onnxruntime_fn needs onnx and onnxruntime: pip install onnx onnxruntime"
         ) from err
     x = np.ascontiguousarray(x)
+    _ort_dtype_supported(x.dtype)
     dims = _as_dims(normalized_shape)
     key = (x.dtype.str, x.ndim, dims, bias is not None, float(eps))
     session = _ORT_SESSIONS.get(key)
     if session is None:
-        elem = TensorProto.DOUBLE if x.dtype == np.float64 else TensorProto.FLOAT
+        elem = _ORT_ELEM[x.dtype.name]
         inputs = [
             helper.make_tensor_value_info("x", elem, [None] * x.ndim),
             helper.make_tensor_value_info("w", elem, list(dims)),
@@ -958,7 +1520,7 @@ def onnxruntime_fn(x, normalized_shape, weight, bias, eps):
             ["y"],
             axis=x.ndim - len(dims),
             epsilon=float(eps),
-            stash_type=elem,
+            stash_type=TensorProto.FLOAT if x.dtype == np.float16 else elem,
         )
         graph = helper.make_graph(
             [node],
@@ -979,6 +1541,113 @@ def onnxruntime_fn(x, normalized_shape, weight, bias, eps):
     return session.run(None, feeds)[0]
 
 
+class NotSupported(TypeError):
+    """A peer has no implementation for this dtype or operation (reported as n/a)."""
+
+
+# ONNX tensor element types by dtype name (TensorProto's values: FLOAT, DOUBLE, FLOAT16).
+_ORT_ELEM = {"float32": 1, "float64": 11, "float16": 10}
+
+
+def _ort_dtype_supported(dtype) -> None:
+    if np.dtype(dtype).name not in _ORT_ELEM:
+        raise NotSupported(f"ONNX Runtime's Python binding takes no {np.dtype(dtype).name} arrays")
+
+
+def lnrs_rms_fn(x, normalized_shape, weight, eps):
+    """lnrs.rms_norm."""
+    import lnrs
+
+    return lnrs.rms_norm(x, normalized_shape, weight, eps)
+
+
+def numpy_rms_fn(x, normalized_shape, weight, eps):
+    """A naive RMSNorm in NumPy in the input dtype: ``x / sqrt(mean(x*x) + eps) * weight``."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - len(_as_dims(normalized_shape)), x.ndim))
+    with np.errstate(all="ignore"):
+        ms = (x * x).mean(axis=axes, keepdims=True, dtype=x.dtype)
+        y = x / np.sqrt(ms + x.dtype.type(eps))
+        if weight is not None:
+            y = y * np.asarray(weight, dtype=x.dtype)
+    return y
+
+
+def torch_rms_fn(x, normalized_shape, weight, eps):
+    """torch.nn.functional.rms_norm on the CPU (raises ImportError without torch;
+    NotSupported where this torch has no rms_norm)."""
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError("torch_rms_fn needs PyTorch: pip install torch") from err
+    rms_norm = getattr(torch.nn.functional, "rms_norm", None)
+    if rms_norm is None:
+        raise NotSupported(f"torch {torch.__version__} has no nn.functional.rms_norm")
+    with torch.no_grad():
+        y = rms_norm(
+            _to_torch(torch, x, x.dtype),
+            tuple(_as_dims(normalized_shape)),
+            None if weight is None else _to_torch(torch, weight, x.dtype),
+            eps,
+        )
+    return _from_torch(torch, y, x.dtype)
+
+
+def onnxruntime_rms_fn(x, normalized_shape, weight, eps):
+    """ONNX ``RMSNormalization`` (opset 23) in ONNX Runtime's CPU provider (raises
+    ImportError without onnx and onnxruntime; NotSupported where the installed
+    ONNX Runtime does not run opset 23, and for bfloat16)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+        from onnx import helper
+    except ImportError as err:
+        raise ImportError(
+            "onnxruntime_rms_fn needs onnx and onnxruntime: pip install onnx onnxruntime"
+        ) from err
+    x = np.ascontiguousarray(x)
+    _ort_dtype_supported(x.dtype)
+    dims = _as_dims(normalized_shape)
+    key = ("rms", x.dtype.str, x.ndim, dims, float(eps))
+    session = _ORT_SESSIONS.get(key)
+    if session is None:
+        elem = _ORT_ELEM[x.dtype.name]
+        node = helper.make_node(
+            "RMSNormalization",
+            ["x", "w"],
+            ["y"],
+            axis=x.ndim - len(dims),
+            epsilon=float(eps),
+            stash_type=1 if x.dtype == np.float16 else elem,
+        )
+        graph = helper.make_graph(
+            [node],
+            "rms_norm",
+            [
+                helper.make_tensor_value_info("x", elem, [None] * x.ndim),
+                helper.make_tensor_value_info("w", elem, list(dims)),
+            ],
+            [helper.make_tensor_value_info("y", elem, [None] * x.ndim)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+        try:
+            session = ort.InferenceSession(
+                model.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # an older runtime: no opset 23
+            raise NotSupported(
+                f"ONNX Runtime {ort.__version__} cannot run RMSNormalization (opset 23): {err}"
+            ) from None
+        _ORT_SESSIONS[key] = session
+    w = np.ones(dims, x.dtype) if weight is None else np.asarray(weight).astype(x.dtype)
+    return session.run(None, {"x": x, "w": w})[0]
+
+
+#: The RMSNorm adapters (``fn(x, normalized_shape, weight, eps) -> y``) of the peers
+#: of :data:`PEERS`; they need the same modules.
+RMS_PEERS = {"numpy": numpy_rms_fn, "onnxruntime": onnxruntime_rms_fn, "torch": torch_rms_fn}
+
+
 #: The peers :func:`peer_fn` knows, and the modules each needs.
 PEERS = {
     "numpy": (numpy_fn, ("numpy",)),
@@ -987,20 +1656,23 @@ PEERS = {
 }
 
 
-def peer_fn(name: str) -> Callable | None:
+def peer_fn(name: str, norm: str = "layer") -> Callable | None:
     """The adapter named ``name`` (a key of :data:`PEERS`, or ``"lnrs"``), or None
-    when a package it needs is not installed."""
+    when a package it needs is not installed. ``norm="rms"``: its RMSNorm adapter
+    (:data:`RMS_PEERS`, ``fn(x, normalized_shape, weight, eps) -> y``)."""
     import importlib.util
 
+    if norm not in ("layer", "rms"):
+        raise ValueError(f"norm must be 'layer' or 'rms', got {norm!r}")
     if name == "lnrs":
-        return lnrs_fn
+        return lnrs_fn if norm == "layer" else lnrs_rms_fn
     if name not in PEERS:
         raise ValueError(f"unknown implementation {name!r}; known: lnrs, {', '.join(PEERS)}")
     fn, modules = PEERS[name]
     for module in modules:
         if importlib.util.find_spec(module) is None:
             return None
-    return fn
+    return fn if norm == "layer" else RMS_PEERS[name]
 
 
 # --------------------------------------------------------------------------------------
@@ -1024,7 +1696,7 @@ class CaseResult:
     error: str | None = None
 
 
-def compare(fn: Callable, cases=None, dtype=np.float32) -> dict:
+def compare(fn: Callable, cases=None, dtype=np.float32, *, norm: str = "layer") -> dict:
     """Run a LayerNorm over adversarial cases and measure it against the exact reference.
 
     Parameters
@@ -1039,8 +1711,12 @@ def compare(fn: Callable, cases=None, dtype=np.float32) -> dict:
         Default ``adversarial_inputs(dtype)``. Each case's reference is computed
         once and kept on the case, so passing the same cases to several ``compare``
         calls costs the reference only once.
-    dtype : float32 or float64
-        The dtype of the default cases.
+    dtype : float32 or float64, or float16 or bfloat16
+        The dtype of the default cases (:func:`adversarial_inputs_half` for the
+        half types).
+    norm : "layer" or "rms"
+        ``"rms"``: ``fn(x, normalized_shape, weight, eps) -> y`` is an RMSNorm,
+        measured against :func:`reference_rms_norm` (the cases' bias is unused).
 
     Returns
     -------
@@ -1050,20 +1726,22 @@ def compare(fn: Callable, cases=None, dtype=np.float32) -> dict:
         float64 ulps). An ``ImportError`` from ``fn`` propagates; other exceptions
         are recorded in the result.
     """
+    if norm not in ("layer", "rms"):
+        raise ValueError(f"norm must be 'layer' or 'rms', got {norm!r}")
     if cases is None:
-        cases = adversarial_inputs(dtype)
+        cases = adversarial_inputs_half(dtype) if _is_half(dtype) else adversarial_inputs(dtype)
     items = cases.values() if isinstance(cases, Mapping) else cases
     results = {}
     for case in items:
-        results[case.name] = _run_case(fn, case)
+        results[case.name] = _run_case(fn, case, norm == "rms")
     return results
 
 
-def _run_case(fn: Callable, case: Case) -> CaseResult:
-    ref = case.reference()[0]
+def _run_case(fn: Callable, case: Case, rms: bool = False) -> CaseResult:
+    ref = case.rms_reference()[0] if rms else case.reference()[0]
     try:
         with np.errstate(all="ignore"):  # NaN/Inf are what is being measured
-            y = np.asarray(fn(*case.args))
+            y = np.asarray(fn(*(case.rms_args if rms else case.args)))
     except ImportError:
         raise
     except Exception as err:  # noqa: BLE001 - recorded, not hidden
@@ -1072,7 +1750,16 @@ def _run_case(fn: Callable, case: Case) -> CaseResult:
         return CaseResult(
             case.name, math.inf, False, f"returned shape {y.shape}, expected {ref.shape}"
         )
-    if y.dtype.kind != "f":
+    if y.dtype.kind != "f" and not _is_bfloat16(y.dtype):
         y = y.astype(ref.dtype)
-    nonfinite = bool((~np.isfinite(y) & np.isfinite(ref)).any())
-    return CaseResult(case.name, ulp_error(y, ref), nonfinite)
+    with np.errstate(invalid="ignore"):
+        nonfinite = bool(
+            (~np.isfinite(y.astype(np.float64)) & np.isfinite(ref.astype(np.float64))).any()
+        )
+    return CaseResult(case.name, ulp_error(y, ref, floor=case_floor(case)), nonfinite)
+
+
+def case_floor(case: Case) -> float:
+    """The ulp floor a case is measured with: :data:`ULP_FLOOR`, or 0 for the cases
+    tagged ``"unfloored"`` (outputs made tiny on purpose, such as subnormal ones)."""
+    return 0.0 if "unfloored" in case.tags else ULP_FLOOR

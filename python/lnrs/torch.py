@@ -74,14 +74,14 @@ class _LayerNorm(torch.autograd.Function):
             xn, normalized_shape, _param(weight), _param(bias), eps
         )
         ctx.save_for_backward(x, weight, bias)
-        ctx.stats = (mean, rstd)
+        ctx.stats = (mean, rstd, eps)
         ctx.normalized_shape = normalized_shape
         return _to_torch(y, x.dtype)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        mean, rstd = ctx.stats
+        mean, rstd, eps = ctx.stats
         dx, dw, db = _functional.layer_norm_backward(
             _to_numpy(dy.contiguous().to(x.dtype)),
             _to_numpy(x.contiguous()),
@@ -89,6 +89,7 @@ class _LayerNorm(torch.autograd.Function):
             rstd,
             ctx.normalized_shape,
             _param(weight),
+            eps=eps,
         )
         gx = _to_torch(dx, x.dtype) if ctx.needs_input_grad[0] else None
         gw = _grad(dw, weight) if weight is not None and ctx.needs_input_grad[1] else None
@@ -103,6 +104,7 @@ class _RMSNorm(torch.autograd.Function):
         y, rstd = _rms_norm.rms_norm_forward(xn, normalized_shape, _param(weight), eps)
         ctx.save_for_backward(x, weight)
         ctx.rstd = rstd
+        ctx.eps = eps
         ctx.normalized_shape = normalized_shape
         return _to_torch(y, x.dtype)
 
@@ -115,6 +117,7 @@ class _RMSNorm(torch.autograd.Function):
             ctx.rstd,
             ctx.normalized_shape,
             _param(weight),
+            eps=ctx.eps,
         )
         gx = _to_torch(dx, x.dtype) if ctx.needs_input_grad[0] else None
         gw = _grad(dw, weight) if weight is not None and ctx.needs_input_grad[1] else None

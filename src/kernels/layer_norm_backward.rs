@@ -12,7 +12,8 @@
 use super::element::{Element, Param};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
-    add_blocks, reduce, two_sum, Compensated, Lanes, BLOCK_STEPS, LANES, LONG_ROW, SPLIT_BLOCK,
+    add_blocks, inv_sqrt_sum, reduce, two_sum, Compensated, Lanes, BLOCK_STEPS, LANES, LONG_ROW,
+    SPLIT_BLOCK,
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
@@ -29,6 +30,10 @@ pub struct Backward<'a, T: Element> {
     pub rstd: &'a [T::Stat],
     pub cols: usize,
     pub weight: Option<Param<'a, T>>,
+    /// The forward pass's eps. Given, each row's rstd is recomputed from `x` in
+    /// the wide type instead of taken as `rstd` holds it, rounded to the
+    /// statistics type; that rounding is otherwise amplified in dx and dweight.
+    pub eps: Option<f64>,
 }
 
 /// Fill `dx` (`rows × cols`), `dweight` and `dbias` (`cols` each, in the
@@ -47,6 +52,7 @@ pub fn layer_norm_backward<T: Element>(
         rstd,
         cols,
         weight,
+        eps,
     } = args;
     let rows = x.len().checked_div(cols).unwrap_or(rstd.len());
     let check = |name: &'static str, got: usize, expected: usize| {
@@ -82,8 +88,9 @@ pub fn layer_norm_backward<T: Element>(
     let stream = worth_streaming(std::mem::size_of_val(dx));
     let block_rows = parallel::fixed_block_rows(rows, cols);
     let blocks = rows.div_ceil(block_rows);
-    // Per block: Σ dy·xhat and Σ dy for every column.
-    let mut partials = vec![0.0f64; blocks * 2 * cols];
+    // Per block: Σ dy·xhat and Σ dy for every column (each a TwoSum pair for
+    // f64 storage, see `per`).
+    let mut partials = vec![0.0f64; blocks * 2 * per::<T>() * cols];
     if let Some(workers) = parallel::workers_for_long_rows(rows, cols, LONG_ROW) {
         let long = LongRows {
             workers: &workers,
@@ -94,6 +101,7 @@ pub fn layer_norm_backward<T: Element>(
             rstd,
             cols,
             w,
+            eps,
             stream,
         };
         long.run(block_rows, dx, &mut partials);
@@ -106,7 +114,7 @@ pub fn layer_norm_backward<T: Element>(
         block_rows,
         dx,
         &mut partials,
-        2 * cols,
+        2 * per::<T>() * cols,
         |first, dx, partial| {
             let n = dx.len() / cols;
             let rows = first..first + n;
@@ -117,6 +125,7 @@ pub fn layer_norm_backward<T: Element>(
                 rstd: &rstd[rows],
                 cols,
                 w,
+                eps,
                 dx,
                 partial,
                 stream,
@@ -140,17 +149,19 @@ struct LongRows<'a, T: Element> {
     rstd: &'a [T::Stat],
     cols: usize,
     w: &'a [f64],
+    eps: Option<f64>,
     stream: bool,
 }
 
 impl<T: Element> LongRows<'_, T> {
     fn run(&self, block_rows: usize, dx: &mut [T], partials: &mut [f64]) {
         let (cols, level, w) = (self.cols, self.level, self.w);
+        let per = per::<T>();
         let blocks = dx
             .chunks_mut(block_rows * cols)
-            .zip(partials.chunks_mut(2 * cols));
+            .zip(partials.chunks_mut(2 * per * cols));
         for (i, (dx, partial)) in blocks.enumerate() {
-            let (dw, db) = partial.split_at_mut(cols);
+            let (dw, db) = partial.split_at_mut(per * cols);
             for (j, dx) in dx.chunks_exact_mut(cols).enumerate() {
                 let r = i * block_rows + j;
                 let (x, dy) = (
@@ -168,16 +179,22 @@ impl<T: Element> LongRows<'_, T> {
                             dy: &dy[r],
                             w,
                             mean: mean.unwrap_or(0.0),
+                            with_squares: self.eps.is_some(),
                         },
                     )
                 });
-                let k = RowConsts::new(add_sums::<T>(&parts), cols, mean, self.rstd[r].to_f64());
+                let k = RowConsts::new(
+                    add_sums::<T>(&parts),
+                    cols,
+                    mean,
+                    self.rstd[r].to_f64(),
+                    self.eps,
+                );
                 parallel::for_blocks_mut3(
                     self.workers,
-                    dx,
-                    dw,
-                    db,
-                    SPLIT_BLOCK,
+                    (dx, SPLIT_BLOCK),
+                    (dw, per * SPLIT_BLOCK),
+                    (db, per * SPLIT_BLOCK),
                     |o, dx, dw, db| {
                         let r = o..o + dx.len();
                         let w = if w.is_empty() { w } else { &w[r.clone()] };
@@ -202,22 +219,30 @@ impl<T: Element> LongRows<'_, T> {
     }
 }
 
-/// [Σu, Σg, Σg·u] of one block of a long row.
+/// The row sums of one block of a long row.
 struct BlockSums<'a, T> {
     x: &'a [T],
     dy: &'a [T],
     w: &'a [f64],
     mean: f64,
+    with_squares: bool,
 }
 
 impl<T: Element> Kernel for BlockSums<'_, T> {
-    type Output = [f64; 3];
+    type Output = [f64; 4];
     #[inline(always)]
-    fn run(self) -> [f64; 3] {
-        if self.w.is_empty() {
-            row_sums::<T, false>(self.x, self.dy, self.w, self.mean)
+    fn run(self) -> [f64; 4] {
+        let BlockSums {
+            x,
+            dy,
+            w,
+            mean,
+            with_squares,
+        } = self;
+        if w.is_empty() {
+            row_sums_for::<T, false>(x, dy, w, mean, with_squares)
         } else {
-            row_sums::<T, true>(self.x, self.dy, self.w, self.mean)
+            row_sums_for::<T, true>(x, dy, w, mean, with_squares)
         }
     }
 }
@@ -264,10 +289,16 @@ fn merge_columns<T: Element>(
     dweight: &mut [T::Stat],
     dbias: &mut [T::Stat],
 ) {
+    let per = per::<T>();
+    let blocks = partials.chunks_exact(2 * per * cols);
     for (j, (dw, db)) in dweight.iter_mut().zip(dbias.iter_mut()).enumerate() {
-        let blocks = partials.chunks_exact(2 * cols);
-        *dw = T::Stat::from_f64(add_blocks::<T>(blocks.clone().map(|p| p[j])));
-        *db = T::Stat::from_f64(add_blocks::<T>(blocks.map(|p| p[cols + j])));
+        let column = |at: usize| {
+            blocks
+                .clone()
+                .flat_map(move |p| p[at..at + per].iter().copied())
+        };
+        *dw = T::Stat::from_f64(add_blocks::<T>(column(per * j)));
+        *db = T::Stat::from_f64(add_blocks::<T>(column(per * (cols + j))));
     }
 }
 
@@ -279,6 +310,7 @@ struct RowBlock<'a, T: Element> {
     rstd: &'a [T::Stat],
     cols: usize,
     w: &'a [f64],
+    eps: Option<f64>,
     dx: &'a mut [T],
     partial: &'a mut [f64],
     stream: bool,
@@ -290,7 +322,7 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
     #[inline(always)]
     fn run(self) {
         let cols = self.cols;
-        let (dw, db) = self.partial.split_at_mut(cols);
+        let (dw, db) = self.partial.split_at_mut(per::<T>() * cols);
         let rows = self
             .dx
             .chunks_exact_mut(cols)
@@ -300,9 +332,31 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
             let mean = self.mean.map(|m| m[r].to_f64());
             let rstd = self.rstd[r].to_f64();
             if self.w.is_empty() {
-                backward_row::<T, false>(x, dy, self.w, mean, rstd, dx, dw, db, self.stream);
+                backward_row::<T, false>(
+                    x,
+                    dy,
+                    self.w,
+                    mean,
+                    rstd,
+                    self.eps,
+                    dx,
+                    dw,
+                    db,
+                    self.stream,
+                );
             } else {
-                backward_row::<T, true>(x, dy, self.w, mean, rstd, dx, dw, db, self.stream);
+                backward_row::<T, true>(
+                    x,
+                    dy,
+                    self.w,
+                    mean,
+                    rstd,
+                    self.eps,
+                    dx,
+                    dw,
+                    db,
+                    self.stream,
+                );
             }
         }
         fence(self.stream);
@@ -336,6 +390,7 @@ fn backward_row<T: Element, const W: bool>(
     w: &[f64],
     mean: Option<f64>,
     rstd: f64,
+    eps: Option<f64>,
     dx: &mut [T],
     dw: &mut [f64],
     db: &mut [f64],
@@ -344,32 +399,52 @@ fn backward_row<T: Element, const W: bool>(
     let m = mean.unwrap_or(0.0);
     let sums = if x.len() >= LONG_ROW {
         let n = x.len();
-        let parts: Vec<[f64; 3]> = (0..n)
+        let parts: Vec<[f64; 4]> = (0..n)
             .step_by(SPLIT_BLOCK)
             .map(|o| {
                 let r = o..(o + SPLIT_BLOCK).min(n);
                 let w = if W { &w[r.clone()] } else { w };
-                row_sums::<T, W>(&x[r.clone()], &dy[r], w, m)
+                row_sums_for::<T, W>(&x[r.clone()], &dy[r], w, m, eps.is_some())
             })
             .collect();
         add_sums::<T>(&parts)
     } else {
-        row_sums::<T, W>(x, dy, w, m)
+        row_sums_for::<T, W>(x, dy, w, m, eps.is_some())
     };
-    let k = RowConsts::new(sums, x.len(), mean, rstd);
+    let k = RowConsts::new(sums, x.len(), mean, rstd, eps);
     apply_row::<T, W>(x, dy, w, &k, dx, dw, db, stream);
 }
 
 /// Per-block row sums added in block order.
-fn add_sums<T: Element>(parts: &[[f64; 3]]) -> [f64; 3] {
+fn add_sums<T: Element>(parts: &[[f64; 4]]) -> [f64; 4] {
     std::array::from_fn(|i| add_blocks::<T>(parts.iter().map(|p| p[i])))
 }
 
 impl RowConsts {
     /// From a row's [Σu, Σg, Σg·u].
-    /// `mean` None: RMSNorm, nothing centred.
-    fn new([su, sg, sgu]: [f64; 3], n: usize, mean: Option<f64>, rstd: f64) -> Self {
+    /// `mean` None: RMSNorm, nothing centred. With `eps`, rstd comes from the
+    /// row's own Σu² rather than the `rstd` given.
+    fn new(
+        [su, sg, sgu, suu]: [f64; 4],
+        n: usize,
+        mean: Option<f64>,
+        rstd: f64,
+        eps: Option<f64>,
+    ) -> Self {
         let n = n as f64;
+        let rstd = match eps {
+            Some(eps) => {
+                // Σ(u − c)² = Σu² − n·c² around the corrected mean.
+                let c = if mean.is_some() { su / n } else { 0.0 };
+                let exact = inv_sqrt_sum((suu / n - c * c).max(0.0), eps);
+                if exact.is_finite() {
+                    exact
+                } else {
+                    rstd
+                }
+            }
+            None => rstd,
+        };
         match mean {
             Some(mean) => {
                 let c = su / n;
@@ -406,18 +481,20 @@ fn apply_row<T: Element, const W: bool>(
     stream: bool,
 ) {
     let n = x.len();
+    let per = per::<T>();
     // Elementwise from here on, so the chunks may follow dx's alignment.
     let head = if stream { unaligned_head(dx).min(n) } else { 0 };
     let full = head + (n - head) / LANES * LANES;
     let wr = |r: std::ops::Range<usize>| if W { &w[r] } else { &[][..] };
+    let pr = |r: &std::ops::Range<usize>| per * r.start..per * r.end;
     grad::<T, W>(
         &x[..head],
         &dy[..head],
         wr(0..head),
         k,
         &mut dx[..head],
-        &mut dw[..head],
-        &mut db[..head],
+        &mut dw[pr(&(0..head))],
+        &mut db[pr(&(0..head))],
     );
     let mut o = head;
     while o < full {
@@ -429,8 +506,8 @@ fn apply_row<T: Element, const W: bool>(
             wr(r.clone()),
             k,
             &mut out,
-            &mut dw[r.clone()],
-            &mut db[r.clone()],
+            &mut dw[pr(&r)],
+            &mut db[pr(&r)],
         );
         store_chunk(&mut dx[r], &out, stream);
         o += LANES;
@@ -441,9 +518,20 @@ fn apply_row<T: Element, const W: bool>(
         wr(full..n),
         k,
         &mut dx[full..],
-        &mut dw[full..],
-        &mut db[full..],
+        &mut dw[pr(&(full..n))],
+        &mut db[pr(&(full..n))],
     );
+}
+
+/// Column-sum entries per column: one f64 for narrow storage, a (sum, error)
+/// pair for f64 storage, whose dweight/dbias would otherwise lose digits to
+/// cancellation across rows.
+const fn per<T: Element>() -> usize {
+    if T::WIDE {
+        1
+    } else {
+        2
+    }
 }
 
 /// Per-row constants of the gradient.
@@ -471,18 +559,35 @@ fn grad<T: Element, const W: bool>(
         let g = if W { d * w[j] } else { d };
         let xhat = ((x[j].to_f64() - k.mean) - k.c) * k.rstd;
         dx[j] = T::from_f64(k.rstd * (-xhat).mul_add(k.b, g - k.a));
-        dw[j] = d.mul_add(xhat, dw[j]);
-        db[j] += d;
+        if T::WIDE {
+            dw[j] = d.mul_add(xhat, dw[j]);
+            db[j] += d;
+        } else {
+            // Error-free: the product's rounding error (FMA) and each sum's
+            // (TwoSum) go to the pair's second half.
+            let p = d * xhat;
+            let (s, e) = two_sum(dw[2 * j], p);
+            dw[2 * j] = s;
+            dw[2 * j + 1] += e + d.mul_add(xhat, -p);
+            let (s, e) = two_sum(db[2 * j], d);
+            db[2 * j] = s;
+            db[2 * j + 1] += e;
+        }
     }
 }
 
-/// [Σu, Σg, Σg·u] for one row. For f64 storage Σu corrects the mean, so it is
-/// kept error-free as the forward statistics keep Σd (each difference's and each
-/// addition's rounding error, by TwoSum, in `err`), and the other two sums are
-/// compensated block by block.
+/// [Σu, Σg, Σg·u, Σu²] for one row; Σu² only with `E` (else 0). For f64
+/// storage Σu corrects the mean, so it is kept error-free as the forward
+/// statistics keep Σd (each difference's and each addition's rounding error, by
+/// TwoSum, in `err`), and the other sums are compensated block by block.
 #[inline(always)]
-fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) -> [f64; 3] {
-    let step = |acc: &mut [Lanes; 3], err: &mut Lanes, o: usize, m: usize| {
+fn row_sums<T: Element, const W: bool, const E: bool>(
+    x: &[T],
+    dy: &[T],
+    w: &[f64],
+    mean: f64,
+) -> [f64; 4] {
+    let step = |acc: &mut [Lanes; 4], err: &mut Lanes, o: usize, m: usize| {
         let (x, dy) = (&x[o..o + m], &dy[o..o + m]);
         let w = if W { &w[o..o + m] } else { &[][..] };
         for j in 0..m {
@@ -501,15 +606,18 @@ fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) 
             };
             acc[1][j] += g;
             acc[2][j] = g.mul_add(u, acc[2][j]);
+            if E {
+                acc[3][j] = u.mul_add(u, acc[3][j]);
+            }
         }
     };
-    let mut acc = [[0.0; LANES]; 3];
+    let mut acc = [[0.0; LANES]; 4];
     let mut err = [0.0; LANES];
     if T::WIDE {
         chunks(x.len(), 0, |o, m| step(&mut acc, &mut err, o, m));
         return acc.map(reduce);
     }
-    let mut totals = [Compensated::default(); 3];
+    let mut totals = [Compensated::default(); 4];
     let mut steps = 0;
     chunks(x.len(), 0, |o, m| {
         step(&mut acc, &mut err, o, m);
@@ -524,6 +632,22 @@ fn row_sums<T: Element, const W: bool>(x: &[T], dy: &[T], w: &[f64], mean: f64) 
     });
     totals[0].add(&err);
     totals.map(|t| t.total())
+}
+
+/// [`row_sums`] with `E` chosen at run time.
+#[inline(always)]
+fn row_sums_for<T: Element, const W: bool>(
+    x: &[T],
+    dy: &[T],
+    w: &[f64],
+    mean: f64,
+    with_squares: bool,
+) -> [f64; 4] {
+    if with_squares {
+        row_sums::<T, W, true>(x, dy, w, mean)
+    } else {
+        row_sums::<T, W, false>(x, dy, w, mean)
+    }
 }
 
 #[cfg(test)]
@@ -565,6 +689,18 @@ mod tests {
         offset: f64,
         weighted: bool,
     ) -> Grads<T> {
+        grads_with::<T>(norm, level, rows, cols, offset, weighted, None)
+    }
+
+    fn grads_with<T: Element>(
+        norm: Norm,
+        level: Level,
+        rows: usize,
+        cols: usize,
+        offset: f64,
+        weighted: bool,
+        eps: Option<f64>,
+    ) -> Grads<T> {
         let x: Vec<T> = data(rows * cols, 1, offset)
             .into_iter()
             .map(T::from_f64)
@@ -602,6 +738,7 @@ mod tests {
             rstd: &rstd,
             cols,
             weight: w.map(Param::Storage),
+            eps,
         };
         layer_norm_backward(level, args, &mut dx, &mut dw, &mut db).unwrap();
         (dx, dw, db)
@@ -718,6 +855,46 @@ mod tests {
         }
         for j in 0..cols {
             assert!((dw[j] - want_dw[j]).abs() <= 1e-14 * want_dw[j].abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn with_eps_the_gradient_is_that_of_the_exact_rstd() {
+        // f32 rows: the rstd handed over is rounded to f32; given eps, the
+        // kernel recomputes it and dx is correctly rounded from the exact formula.
+        let (rows, cols) = (4, 300);
+        let (dx, _, _) = grads_with::<f32>(
+            Norm::Layer,
+            Level::Scalar,
+            rows,
+            cols,
+            1.0e3,
+            false,
+            Some(1e-5),
+        );
+        let x: Vec<f64> = data(rows * cols, 1, 1.0e3)
+            .into_iter()
+            .map(|v| v as f32 as f64)
+            .collect();
+        let dy: Vec<f64> = data(rows * cols, 2, 0.0)
+            .into_iter()
+            .map(|v| v as f32 as f64)
+            .collect();
+        for r in 0..rows {
+            let (x, dy) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
+            let n = cols as f64;
+            let mean = x.iter().sum::<f64>() / n;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+            let rstd = 1.0 / (var + 1e-5).sqrt();
+            let xhat: Vec<f64> = x.iter().map(|v| (v - mean) * rstd).collect();
+            let a = dy.iter().sum::<f64>() / n;
+            let b = dy.iter().zip(&xhat).map(|(g, h)| g * h).sum::<f64>() / n;
+            for j in 0..cols {
+                let want = rstd * (dy[j] - a - xhat[j] * b);
+                let got = dx[r * cols + j] as f64;
+                let ulp = f32::EPSILON as f64 * want.abs().max(2f64.powi(-10));
+                assert!((got - want).abs() <= 0.6 * ulp, "{got} vs {want}");
+            }
         }
     }
 

@@ -338,7 +338,7 @@ fn non_negative(v: f64) -> f64 {
 /// `1 − (a + b)·r²` formed exactly with FMA (always correctly rounded, so every
 /// SIMD level gets the same bits). Once per row: the cost does not matter.
 #[inline(always)]
-fn inv_sqrt_sum(a: f64, b: f64) -> f64 {
+pub fn inv_sqrt_sum(a: f64, b: f64) -> f64 {
     let (v, v_lo) = two_sum(a, b);
     let r = 1.0 / v.sqrt();
     if !(r.is_finite() && r > 0.0 && v.is_normal()) {

@@ -1,6 +1,6 @@
 //! LayerNorm and RMSNorm backward, and the triad the benchmarks measure against.
 
-use super::arrays::{dims, with_float_array, Ready, ReadyParam};
+use super::arrays::{dims, eps as eps_value, with_float_array, Ready, ReadyParam};
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
 use crate::kernels::layer_norm_backward::{layer_norm_backward as backward_kernel, Backward};
@@ -20,7 +20,8 @@ use pyo3::types::PyTuple;
 /// `weight` None or of `normalized_shape`. None for anything else: the Python
 /// layer then converts or reports.
 #[pyfunction]
-#[pyo3(signature = (dy, x, mean, rstd, normalized_shape, weight))]
+#[pyo3(signature = (dy, x, mean, rstd, normalized_shape, weight, eps=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn norm_backward<'py>(
     py: Python<'py>,
     dy: &Bound<'py, PyAny>,
@@ -29,6 +30,7 @@ pub fn norm_backward<'py>(
     rstd: &Bound<'py, PyAny>,
     normalized_shape: &Bound<'py, PyAny>,
     weight: &Bound<'py, PyAny>,
+    eps: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let args = Args {
         dy,
@@ -36,6 +38,7 @@ pub fn norm_backward<'py>(
         rstd,
         normalized_shape,
         weight,
+        eps,
     };
     with_float_array!(backward_typed, py, x, args)
 }
@@ -46,6 +49,7 @@ struct Args<'a, 'py> {
     rstd: &'a Bound<'py, PyAny>,
     normalized_shape: &'a Bound<'py, PyAny>,
     weight: &'a Bound<'py, PyAny>,
+    eps: Option<&'a Bound<'py, PyAny>>,
 }
 
 fn backward_typed<'py, T>(
@@ -86,6 +90,13 @@ where
     let Ok(weight) = ReadyParam::<T>::take(args.weight, &dims) else {
         return Ok(None);
     };
+    let eps = match args.eps.filter(|e| !e.is_none()) {
+        None => None,
+        Some(e) => match eps_value(e) {
+            Some(e) => Some(e),
+            None => return Ok(None),
+        },
+    };
     // SAFETY: the outputs are new arrays, so nothing else refers to them; every
     // element is written by the kernel before Python sees it.
     let (dx, dweight, dbias) = unsafe {
@@ -106,6 +117,7 @@ where
             rstd: rstd.slice(),
             cols,
             weight: weight.as_ref().map(|w| w.param()),
+            eps,
         };
         let db_s = match &dbias {
             Some(d) => new_slice(d, cols),
