@@ -4,19 +4,30 @@ Functions
 ---------
 layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None)
 layer_norm_forward(...) -> (y, mean, rstd)
-layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None) -> (dx, dweight, dbias)
+layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None, *, eps=None)
+    -> (dx, dweight, dbias)
 rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None)
 rms_norm_forward(...) -> (y, rstd)
-rms_norm_backward(dy, x, rstd, normalized_shape, weight=None) -> (dx, dweight)
+rms_norm_backward(dy, x, rstd, normalized_shape, weight=None, *, eps=None) -> (dx, dweight)
 add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
                sum_out=None) -> (y, x + residual)
 add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=None, sum_out=None)
+    -> (y, x + residual)
+
+dtypes: float32, float64, float16 and bfloat16 (ml_dtypes); any array-like, DLPack
+or buffer-protocol producer on the CPU.
+
+Modules
+-------
+lnrs.testing   exact references, ulp errors, adversarial inputs, compare()
+lnrs.torch     drop-in torch.nn.LayerNorm / RMSNorm on lnrs kernels (needs torch)
 set_num_threads(n), get_num_threads(), simd_level()
 
 Classes
 -------
 LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32)
 RMSNorm(normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32)
+    (forward / __call__, backward -> dx into weight_grad / bias_grad, zero_grad)
 
 Environment
 -----------

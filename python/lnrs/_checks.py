@@ -178,3 +178,13 @@ def row_stat(
             f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
         )
     return c_aligned(a)
+
+
+def cuda_backend(x):
+    """`lnrs.cuda` when `x` is a CuPy array (CuPy is imported only then), else None.
+    Asked only after the native fast path declined `x`, so NumPy calls never pay."""
+    if type(x).__module__.split(".", 1)[0] == "cupy":
+        from . import cuda
+
+        return cuda
+    return None

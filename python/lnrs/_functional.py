@@ -42,6 +42,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     """
     y = _lnrs.layer_norm_forward(x, normalized_shape, weight, bias, eps, out, False)
     if y is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.layer_norm(x, normalized_shape, weight, bias, eps, out=out)
         y = forward_checked(_layer_norm_native, x, normalized_shape, weight, bias, eps, out, False)
     return y
 
@@ -60,6 +63,9 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     """
     result = _lnrs.layer_norm_forward(x, normalized_shape, weight, bias, eps, out, True)
     if result is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.layer_norm_forward(x, normalized_shape, weight, bias, eps, out=out)
         result = forward_checked(
             _layer_norm_native, x, normalized_shape, weight, bias, eps, out, True
         )
@@ -113,6 +119,9 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None, *, eps
         else _lnrs.norm_backward(dy, x, mean, rstd, normalized_shape, weight, eps)
     )
     if result is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight, eps=eps)
         result = backward_checked(dy, x, mean, rstd, normalized_shape, weight, eps, centred=True)
     return result
 

@@ -37,6 +37,11 @@ def add_layer_norm(
         False, x, residual, normalized_shape, weight, bias, eps, out, sum_out
     )
     if result is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.add_layer_norm(
+                x, residual, normalized_shape, weight, bias, eps, out=out, sum_out=sum_out
+            )
         result = _add_checked(False, x, residual, normalized_shape, weight, bias, eps, out, sum_out)
     return result
 
@@ -55,6 +60,11 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=No
         True, x, residual, normalized_shape, weight, None, eps, out, sum_out
     )
     if result is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.add_rms_norm(
+                x, residual, normalized_shape, weight, eps, out=out, sum_out=sum_out
+            )
         result = _add_checked(True, x, residual, normalized_shape, weight, None, eps, out, sum_out)
     return result
 

@@ -64,6 +64,9 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     eps = _eps(x, eps)
     y = _lnrs.rms_norm_forward(x, normalized_shape, weight, eps, out, False)
     if y is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.rms_norm(x, normalized_shape, weight, eps, out=out)
         y = forward_checked(_native, x, normalized_shape, weight, None, eps, out, False)
     return y
 
@@ -80,6 +83,9 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None, *, out=None):
     eps = _eps(x, eps)
     result = _lnrs.rms_norm_forward(x, normalized_shape, weight, eps, out, True)
     if result is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.rms_norm_forward(x, normalized_shape, weight, eps, out=out)
         result = forward_checked(_native, x, normalized_shape, weight, None, eps, out, True)
     return result
 
@@ -114,6 +120,9 @@ def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None, *, eps=None):
     """
     result = _lnrs.norm_backward(dy, x, None, rstd, normalized_shape, weight, eps)
     if result is None:
+        cuda = _checks.cuda_backend(x)
+        if cuda is not None:
+            return cuda.rms_norm_backward(dy, x, rstd, normalized_shape, weight, eps=eps)
         result = backward_checked(dy, x, None, rstd, normalized_shape, weight, eps, centred=False)
     return result
 

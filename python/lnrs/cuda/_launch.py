@@ -1,0 +1,214 @@
+"""Argument checks, choice of kernel variant and launch configuration, and the launches."""
+
+from __future__ import annotations
+
+import cupy
+import numpy as np
+
+from .. import _checks
+from . import _compile as C
+
+_NULL = np.uint64(0)  # a null pointer argument
+_SMEM_LIMIT = 200 * 1024  # dynamic shared memory a CTA may ask for (H100/H200 allow 227 KiB)
+
+
+def _require_device(x) -> int:
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError and friends: no driver or no device
+        raise RuntimeError(f"lnrs.cuda: no usable CUDA device: {e}") from None
+    if count < 1:
+        raise RuntimeError("lnrs.cuda: no CUDA device")
+    return x.device.id
+
+
+def _array(x, name: str) -> cupy.ndarray:
+    if not isinstance(x, cupy.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray, got {type(x).__name__}")
+    if np.dtype(x.dtype).name not in C.TYPES:
+        raise TypeError(f"{name} must have dtype {_checks.DTYPES}, got {x.dtype}")
+    return x
+
+
+def _like(a, x, name: str) -> cupy.ndarray:
+    a = _array(a, name)
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {a.shape}")
+    if a.dtype != x.dtype:
+        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {a.dtype}")
+    if a.device.id != x.device.id:
+        raise ValueError(f"{name} must be on x's device {x.device.id}, got {a.device.id}")
+    return cupy.ascontiguousarray(a)
+
+
+def _dims(normalized_shape, x) -> tuple[int, ...]:
+    dims = _checks.shape_tuple(normalized_shape)
+    if not dims:
+        raise ValueError("normalized_shape must name at least one dimension, got ()")
+    if len(dims) > x.ndim or x.shape[x.ndim - len(dims) :] != dims:
+        raise ValueError(
+            f"normalized_shape {dims} must equal the trailing dimensions of x, "
+            f"but x has shape {x.shape}"
+        )
+    return dims
+
+
+def _param(p, name, dims, acc):
+    """A weight or bias in the accumulation dtype (exact for half-type parameters)."""
+    if p is None:
+        return None
+    p = cupy.asarray(p)
+    if p.shape != dims:
+        raise ValueError(f"{name} must have shape {dims} (normalized_shape), got {p.shape}")
+    if np.dtype(p.dtype).kind not in "biuf" and np.dtype(p.dtype).name != "bfloat16":
+        raise TypeError(f"{name} must hold real numbers, got dtype {p.dtype}")
+    return cupy.ascontiguousarray(p.astype(acc, copy=False)).reshape(-1)
+
+
+def _out(o, x, name):
+    if o is None:
+        return cupy.empty(x.shape, x.dtype)
+    if not isinstance(o, cupy.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray, got {type(o).__name__}")
+    if o.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {o.shape}")
+    if o.dtype != x.dtype:
+        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {o.dtype}")
+    if not o.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return o
+
+
+def _ptr(a):
+    return _NULL if a is None else a
+
+
+def _aligned(*arrays) -> bool:
+    return all(a is None or a.data.ptr % 16 == 0 for a in arrays)
+
+
+def _sm_count(device_id: int) -> int:
+    return cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
+
+
+def _grid(rows: int, rows_per_cta_min: int, max_ctas: int) -> tuple[int, int]:
+    """(CTAs, rows per CTA): contiguous row ranges, at most max_ctas CTAs."""
+    grid = max(1, min(-(-rows // rows_per_cta_min), max_ctas))
+    per = -(-rows // grid)
+    return -(-rows // per), per
+
+
+def _round32(k: int) -> int:
+    return max(32, -(-k // 32) * 32)
+
+
+def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, rms, stats):
+    """Returns (y, mean or None, rstd or None, s or None)."""
+    x = _array(x, "x")
+    dev = _require_device(x)
+    dims = _dims(normalized_shape, x)
+    eps = _checks.eps_value(eps)
+    dt = np.dtype(x.dtype).name
+    _, V, acc = C.TYPES[dt]
+    lead = x.shape[: x.ndim - len(dims)]
+    with cupy.cuda.Device(dev):
+        w = _param(weight, "weight", dims, acc)
+        b = _param(bias, "bias", dims, acc)
+        xc = cupy.ascontiguousarray(x)
+        res = None if residual is None else _like(residual, x, "residual")
+        y = _out(out, x, "out")
+        s = None if residual is None else _out(sum_out, x, "sum_out")
+        mean = cupy.empty(lead, acc) if stats and not rms else None
+        rstd = cupy.empty(lead, acc) if stats else None
+        n = int(np.prod(dims))
+        rows = int(np.prod(lead))
+        if rows == 0:
+            return y, mean, rstd, s
+        if n == 0:
+            if mean is not None:
+                mean.fill(np.nan)
+            if rstd is not None:
+                rstd.fill(np.nan)
+            return y, mean, rstd, s
+        vec = V if n % V == 0 and _aligned(xc, res, y, s) else 1
+        mod = C.get_module(dt, dev)
+        sms = _sm_count(dev)
+        if n <= 32 * C.FWD_WARP_E[-1]:
+            e = next(e for e in C.FWD_WARP_E if 32 * e >= n)
+            kern, threads = mod.get_function(C.fwd_name(dt, e, vec, False)), 256
+            grid, per = _grid(rows, threads // 32, sms * 8)
+        elif n <= C.MAX_THREADS * C.BLOCK_E:
+            threads = _round32(-(-n // C.BLOCK_E))
+            kern = mod.get_function(C.fwd_name(dt, C.BLOCK_E, vec, True))
+            grid, per = _grid(rows, 1, sms * max(1, 2048 // threads))
+        else:
+            kern, threads = mod.get_function(C.fwd_stream_name(dt)), 1024
+            grid, per = _grid(rows, 1, sms * 2)
+        args = (xc, _ptr(res), _ptr(s), y, _ptr(w), _ptr(b), _ptr(mean), _ptr(rstd))
+        args += (np.int64(rows), np.int32(n), np.float64(eps), np.int32(rms), np.int64(per))
+        kern((grid,), (threads,), args)
+    return y, mean, rstd, s
+
+
+def _stat(a, name, lead, x, acc, producer):
+    a = _array(a, name) if isinstance(a, cupy.ndarray) else cupy.asarray(a)
+    if a.shape != lead or a.dtype != np.dtype(acc):
+        raise ValueError(
+            f"{name} must have shape {lead} and dtype {acc}, as {producer} returns "
+            f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
+        )
+    return cupy.ascontiguousarray(a)
+
+
+def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
+    """Returns (dx, dweight, dbias); dbias is None for RMSNorm."""
+    x = _array(x, "x")
+    dev = _require_device(x)
+    dims = _dims(normalized_shape, x)
+    dt = np.dtype(x.dtype).name
+    _, V, acc = C.TYPES[dt]
+    lead = x.shape[: x.ndim - len(dims)]
+    producer = "rms_norm_forward" if rms else "layer_norm_forward"
+    eps_v = None if eps is None else _checks.eps_value(eps)
+    with cupy.cuda.Device(dev):
+        xc = cupy.ascontiguousarray(x)
+        dyc = _like(dy, x, "dy")
+        m = None if rms else _stat(mean, "mean", lead, x, acc, producer)
+        r = _stat(rstd, "rstd", lead, x, acc, producer)
+        w = _param(weight, "weight", dims, acc)
+        dx = cupy.empty(x.shape, x.dtype)
+        n = int(np.prod(dims))
+        rows = int(np.prod(lead))
+        if rows == 0 or n == 0:
+            dw = cupy.zeros(dims, acc)
+            return dx, dw, None if rms else cupy.zeros(dims, acc)
+        vec = V if n % V == 0 and _aligned(xc, dyc, dx) else 1
+        mod = C.get_module(dt, dev)
+        sms = _sm_count(dev)
+        acc_size = np.dtype(acc).itemsize
+        smem = 2 * n * acc_size
+        if n <= 32 * C.BWD_WARP_E[-1]:
+            e = next(e for e in C.BWD_WARP_E if 32 * e >= n)
+            kern, threads = mod.get_function(C.bwd_name(dt, e, vec, False)), 256
+            grid, per = _grid(rows, threads // 32, sms * 8)
+        elif n <= C.MAX_THREADS * C.BLOCK_E and smem <= _SMEM_LIMIT:
+            threads = _round32(-(-n // C.BLOCK_E))
+            kern = mod.get_function(C.bwd_name(dt, C.BLOCK_E, vec, True))
+            per_sm = max(1, min(2048 // threads, (228 * 1024) // (smem + 1024)))
+            grid, per = _grid(rows, 1, sms * per_sm)
+        else:
+            kern, threads, smem = mod.get_function(C.bwd_stream_name(dt)), 1024, 0
+            grid, per = _grid(rows, 1, sms * 2)
+        if smem > 48 * 1024:
+            kern.max_dynamic_shared_size_bytes = smem
+        partial = cupy.empty((grid, 2 * n), acc)
+        args = (dyc, xc, _ptr(m), r, _ptr(w), dx, partial, np.int64(rows), np.int32(n))
+        args += (np.float64(0.0 if eps_v is None else eps_v), np.int32(rms))
+        args += (np.int32(eps_v is not None), np.int64(per))
+        kern((grid,), (threads,), args, shared_mem=smem)
+        sums = cupy.empty(2 * n, acc)
+        red = mod.get_function(C.reduce_name(acc))
+        red((-(-2 * n // 256),), (256,), (partial, np.int32(grid), np.int32(2 * n), sums))
+        dw = sums[:n].reshape(dims)
+        db = None if rms else sums[n:].reshape(dims)
+    return dx, dw, db
