@@ -398,15 +398,22 @@ fn backward_row<T: Element, const W: bool>(
 ) {
     let m = mean.unwrap_or(0.0);
     let sums = if x.len() >= LONG_ROW {
+        // A plain loop: see `stats::Blocks` on closures and target features.
         let n = x.len();
-        let parts: Vec<[f64; 4]> = (0..n)
-            .step_by(SPLIT_BLOCK)
-            .map(|o| {
-                let r = o..(o + SPLIT_BLOCK).min(n);
-                let w = if W { &w[r.clone()] } else { w };
-                row_sums_for::<T, W>(&x[r.clone()], &dy[r], w, m, eps.is_some())
-            })
-            .collect();
+        let mut parts = Vec::with_capacity(n.div_ceil(SPLIT_BLOCK));
+        let mut o = 0;
+        while o < n {
+            let r = o..(o + SPLIT_BLOCK).min(n);
+            let wb = if W { &w[r.clone()] } else { w };
+            parts.push(row_sums_for::<T, W>(
+                &x[r.clone()],
+                &dy[r],
+                wb,
+                m,
+                eps.is_some(),
+            ));
+            o += SPLIT_BLOCK;
+        }
         add_sums::<T>(&parts)
     } else {
         row_sums_for::<T, W>(x, dy, w, m, eps.is_some())

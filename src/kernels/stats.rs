@@ -260,21 +260,26 @@ pub fn add_blocks<T: Element>(parts: impl IntoIterator<Item = f64>) -> f64 {
 /// any parallel split of the same blocks.
 pub struct Blocks;
 
+// Plain loops, not iterator adapters: a closure handed to `map` may be compiled
+// out of line, and then without the caller's SIMD target features.
 impl<T: Element> RowSums<T> for Blocks {
     #[inline(always)]
     fn shifted_sum(&self, x: &[T], k: f64) -> f64 {
-        add_blocks::<T>(x.chunks(SPLIT_BLOCK).map(|b| block_shifted_sum(b, k)))
+        let mut parts = Vec::with_capacity(x.len().div_ceil(SPLIT_BLOCK));
+        for b in x.chunks(SPLIT_BLOCK) {
+            parts.push(block_shifted_sum(b, k));
+        }
+        add_blocks::<T>(parts)
     }
     #[inline(always)]
     fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
-        let parts: Vec<(f64, f64)> = x
-            .chunks(SPLIT_BLOCK)
-            .map(|b| block_centred_sums(b, m))
-            .collect();
-        (
-            add_blocks::<T>(parts.iter().map(|p| p.0)),
-            add_blocks::<T>(parts.iter().map(|p| p.1)),
-        )
+        let (mut s1, mut s2) = (Vec::new(), Vec::new());
+        for b in x.chunks(SPLIT_BLOCK) {
+            let (a, c) = block_centred_sums(b, m);
+            s1.push(a);
+            s2.push(c);
+        }
+        (add_blocks::<T>(s1), add_blocks::<T>(s2))
     }
 }
 
