@@ -7,6 +7,7 @@ tiny shapes say nothing about the targets.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -16,11 +17,27 @@ import types
 import lnrs
 import numpy as np
 import pytest
-from lnrs import _bench
+from lnrs import _bench, _lnrs
 from lnrs.__main__ import main
 
 SHAPES = [(2, 8), (3, 16)]
 STATUSES = {"ok", "absent", "n/a", "error", "mismatch"}
+
+
+BACKWARD_OPS = ("backward", "rms_backward")
+# Arrays of x's size each op reads or writes (the issue's byte count): forward x, y;
+# backward x, dy, dx; fused add x, residual, y, s.
+ARRAYS = {
+    "forward_out": 2,
+    "forward": 2,
+    "backward": 3,
+    "rms_forward_out": 2,
+    "rms_forward": 2,
+    "rms_backward": 3,
+    "add_forward_out": 4,
+    "add_rms_forward_out": 4,
+}
+ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
 
 def check_rows(rows, shapes=SHAPES, ops=_bench.OPS):
@@ -32,10 +49,15 @@ def check_rows(rows, shapes=SHAPES, ops=_bench.OPS):
         for key in ("lnrs_s", "triad_s", "ufunc_s", "limit_s", "lnrs_gbps", "triad_gbps"):
             assert row[key] > 0 and math.isfinite(row[key]), (key, row)
         assert row["fraction"] > 0 and math.isfinite(row["fraction"]), row
-        scale = 1.5 if row["op"] == "backward" else 1
-        floor = row["ufunc_s"] if row["rows"] * row["cols"] * 4 <= _bench.FLOOR_MAX_BYTES else 0
-        assert row["limit_s"] == pytest.approx(max(floor, row["triad_s"] * scale))
-        assert row["bytes"] == (3 if row["op"] == "backward" else 2) * row["rows"] * row["cols"] * 4
+        arrays = ARRAYS[row["op"]]
+        assert _bench.ARRAYS_MOVED[row["op"]] == arrays
+        x_bytes = row["rows"] * row["cols"] * ITEMSIZE[row["dtype"]]
+        floor = row["ufunc_s"] if x_bytes <= _bench.FLOOR_MAX_BYTES else 0
+        assert row["limit_s"] == pytest.approx(max(floor, row["triad_s"] * arrays / 2))
+        assert row["bytes"] == arrays * x_bytes
+        assert row["triad_gbps"] == pytest.approx(2 * x_bytes / row["triad_s"] / 1e9)
+        half = row["dtype"] in ("float16", "bfloat16")
+        assert row["triad_dtype"] == ("float32" if half else row["dtype"])
         if row["op"] == "forward":
             assert row["copy_s"] > 0 and row["lnrs_over_copy"] > 0
         else:
@@ -49,7 +71,7 @@ def check_rows(rows, shapes=SHAPES, ops=_bench.OPS):
             else:
                 assert row[f"{peer}_s"] is None and row[f"{peer}_speedup"] is None
         assert row["numpy_status"] in ("ok", "mismatch")  # NumPy is always there
-        if row["op"] == "backward":
+        if row["op"] in BACKWARD_OPS:
             assert row["onnxruntime_status"] in ("n/a", "absent")
 
 
@@ -169,8 +191,11 @@ class FakeTensor:
     def numpy(self):
         return self.array
 
+    def __add__(self, other):
+        return FakeTensor(self.array + other.array)
 
-def fake_torch():
+
+def fake_torch(with_rms=True):
     torch = types.ModuleType("torch")
     torch.__version__ = "0.fake"
     torch.threads = 7
@@ -183,15 +208,27 @@ def fake_torch():
         y = _bench.numpy_forward(x.array, weight.array, bias.array, eps)
         return FakeTensor(y, (x, weight, eps))
 
+    def rms_norm(x, normalized_shape, weight, eps):
+        assert normalized_shape == x.array.shape[-1:]
+        y = _bench.numpy_rms_forward(x.array, weight.array, eps)
+        return FakeTensor(y, (x, weight, eps, "rms"))
+
     def grad(outputs, inputs, grad_outputs, retain_graph=False):
-        assert retain_graph and len(inputs) == 3
         x, w, eps = outputs.inputs[0].array, outputs.inputs[1].array, outputs.inputs[2]
-        mean = x.mean(-1)
-        rstd = (1 / np.sqrt(x.var(-1) + eps)).astype(x.dtype)
-        grads = _bench.numpy_backward(grad_outputs.array, x, mean, rstd, w)
+        assert retain_graph and len(inputs) == (2 if len(outputs.inputs) == 4 else 3)
+        if len(outputs.inputs) == 4:
+            rstd = (1 / np.sqrt((x * x).mean(-1) + eps)).astype(x.dtype)
+            grads = _bench.numpy_rms_backward(grad_outputs.array, x, rstd, w)
+        else:
+            mean = x.mean(-1)
+            rstd = (1 / np.sqrt(x.var(-1) + eps)).astype(x.dtype)
+            grads = _bench.numpy_backward(grad_outputs.array, x, mean, rstd, w)
         return tuple(FakeTensor(g) for g in grads)
 
-    torch.nn = types.SimpleNamespace(functional=types.SimpleNamespace(layer_norm=layer_norm))
+    functional = types.SimpleNamespace(layer_norm=layer_norm)
+    if with_rms:
+        functional.rms_norm = rms_norm
+    torch.nn = types.SimpleNamespace(functional=functional)
     torch.autograd = types.SimpleNamespace(grad=grad)
     return torch
 
@@ -209,6 +246,22 @@ def test_torch_peer_path_with_a_fake_torch(monkeypatch):
             assert row["torch_status"] == "ok"
     assert torch.threads == 7  # put back afterwards
     assert _bench.machine_facts()["torch"] == "0.fake"
+
+
+@pytest.mark.parametrize("with_rms", [True, False])
+def test_fake_torch_on_every_op(monkeypatch, with_rms):
+    """rms_norm, its backward and the fused add through the PyTorch peer; a torch
+    without rms_norm is n/a for the RMS ops, not an error."""
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(with_rms))
+    rows = _bench.run_bench(
+        [(3, 16)], threads=1, ops=_bench.ALL_OPS, quick=True, peers=["numpy", "torch"]
+    )
+    check_rows(rows, [(3, 16)], _bench.ALL_OPS)
+    for row in rows:
+        if with_rms or not row["op"].startswith(("rms", "add_rms")):
+            assert row["torch_status"] == "ok", row
+        else:
+            assert row["torch_status"] == "n/a"
 
 
 def test_cli_json(tmp_path):
@@ -238,7 +291,8 @@ def test_cli_json(tmp_path):
 def test_cli_plot(tmp_path, capsys, restore_threads):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"
-    args = ["bench", "--quick", "--shapes", "2x8,3x16", "--ops", "forward_out,backward"]
+    ops = "forward_out,backward,rms_forward,add_forward_out,add_rms_forward_out"  # two rows
+    args = ["bench", "--quick", "--shapes", "2x8,3x16", "--ops", ops]
     assert main([*args, "--threads", "1", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "forward_out" in capsys.readouterr().out
@@ -278,3 +332,148 @@ def test_bad_dtype_exits_2_from_the_command_line():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "int8" in proc.stderr
+
+
+# ------------------------------------------------------------ RMSNorm, fused, half types
+
+
+def test_every_op_in_process(restore_threads):
+    """--ops all on tiny shapes: NumPy computes what lnrs does for every op (a
+    mismatch would flag a wrong formula); ONNX Runtime, when there, too for each
+    forward op it has (RMSNormalization needs opset 23: n/a where it is missing)."""
+    notes = []
+    rows = _bench.run_bench(SHAPES, "float32", 1, _bench.ALL_OPS, quick=True, notes=notes)
+    check_rows(rows, ops=_bench.ALL_OPS)
+    for row in rows:
+        assert row["numpy_status"] == "ok", (row, notes)
+        if row["op"] not in BACKWARD_OPS:
+            assert row["onnxruntime_status"] in ("ok", "absent", "n/a"), (row, notes)
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        statuses = {r["op"]: r["onnxruntime_status"] for r in rows}
+        assert statuses["forward_out"] == statuses["add_forward_out"] == "ok", notes
+    assert lnrs.get_num_threads() == restore_threads
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_other_dtypes(dtype):
+    pytest.importorskip("ml_dtypes")
+    notes = []
+    ops = ["forward_out", "backward", "rms_forward", "rms_backward", "add_rms_forward_out"]
+    rows = _bench.run_bench([(3, 16)], dtype, 1, ops, quick=True, notes=notes)
+    check_rows(rows, [(3, 16)], ops)
+    for row in rows:
+        assert row["dtype"] == dtype
+        assert row["numpy_status"] == "ok", (row, notes)
+        if dtype == "bfloat16":
+            assert row["onnxruntime_status"] in ("n/a", "absent")
+    report = " ".join(_bench.format_report(_bench.machine_facts(), rows, [], notes).split())
+    assert ("float32 array of the same number of bytes" in report) == (dtype != "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cols", [16, 7])
+def test_half_limit_runs_on_float32_of_the_same_bytes(dtype, cols):
+    pytest.importorskip("ml_dtypes")
+    case = _bench.Case(5, cols, dtype)
+    a, out, scale = case.limit_arrays()
+    assert a.dtype == out.dtype == np.float32 and a.shape == out.shape
+    assert a.shape[0] == 5 and a.nbytes >= case.x.nbytes > a.nbytes - 4 * 5
+    assert scale * a.nbytes == case.x.nbytes
+    _lnrs.triad(a, out, 2.0, 1.0)  # the extension takes it
+    x32, y32, one = _bench.Case(5, cols, "float32").limit_arrays()
+    assert one == 1.0 and x32.dtype == np.float32
+
+
+@pytest.mark.parametrize("op", ["add_forward_out", "add_rms_forward_out"])
+def test_fused_ops_run_in_place_and_stay_bounded(op):
+    case = _bench.Case(4, 32, "float16")
+    r0 = case.residual.copy()
+    call = _bench._lnrs_call(case, op)
+    y, s = call()  # x + r0, into the working copy of the residual
+    assert y is case.y
+    np.testing.assert_array_equal(s, r0 + case.x)
+    expected = case.expected[op]
+    np.testing.assert_array_equal(s, expected[1])
+    np.testing.assert_array_equal(y, expected[0])
+    for _ in range(2001):  # x, -x, x, ...: the stream oscillates, it does not grow
+        y, s = call()
+    assert np.isfinite(s).all() and np.isfinite(y).all()
+    assert np.abs(s.astype(np.float32) - r0.astype(np.float32)).max() < 0.1
+    np.testing.assert_array_equal(case.residual, r0)  # the case's own stays untouched
+
+
+def test_onnxruntime_without_opset_23_is_not_applicable(monkeypatch):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    real = _bench._ort_session
+
+    def old_runtime(onnxruntime, helper, nodes, inputs, outputs, inits, opsets, threads):
+        if any(o.version >= 23 for o in opsets if o.domain == ""):
+            raise RuntimeError("opset 23 is not supported")
+        return real(onnxruntime, helper, nodes, inputs, outputs, inits, opsets, threads)
+
+    monkeypatch.setattr(_bench, "_ort_session", old_runtime)
+    notes = []
+    ops = ["rms_forward_out", "rms_forward", "forward"]
+    rows = _bench.run_bench([(2, 8)], ops=ops, quick=True, peers=["onnxruntime"], notes=notes)
+    assert [r["onnxruntime_status"] for r in rows] == ["n/a", "n/a", "ok"]
+    assert any("opset 23" in n["reason"] for n in notes)
+
+
+def test_numpy_rms_peer_formulas():
+    """The NumPy RMSNorm peer against a float64 reference and finite differences."""
+    rng = np.random.default_rng(2)
+    x, dy, w = rng.standard_normal((3, 10)), rng.standard_normal((3, 10)), rng.standard_normal(10)
+    eps = 1e-5
+    rstd = 1 / np.sqrt((x * x).mean(1) + eps)
+    assert np.allclose(_bench.numpy_rms_forward(x, w, eps), x * rstd[:, None] * w)
+
+    def loss(x, w):
+        return float(np.sum(_bench.numpy_rms_forward(x, w, eps) * dy))
+
+    dx, dw = _bench.numpy_rms_backward(dy, x, rstd, w)
+    h = 1e-6
+    for grad, arg in ((dx, 0), (dw, 1)):
+        args = [x, w]
+        numeric = np.zeros_like(args[arg])
+        for i in np.ndindex(numeric.shape):
+            up, down = [a.copy() for a in args], [a.copy() for a in args]
+            up[arg][i] += h
+            down[arg][i] -= h
+            numeric[i] = (loss(*up) - loss(*down)) / (2 * h)
+        assert np.allclose(grad, numeric, atol=1e-6), arg
+    y, s = _bench.numpy_add_rms_forward(x, dy, w, eps)
+    np.testing.assert_array_equal(s, x + dy)
+    np.testing.assert_array_equal(y, _bench.numpy_rms_forward(x + dy, w, eps))
+
+
+def test_ops_all_and_the_help(capsys):
+    assert _bench.parse_ops("all") == list(_bench.ALL_OPS)
+    assert _bench.parse_ops("rms_backward,all") == ["rms_backward"] + [
+        op for op in _bench.ALL_OPS if op != "rms_backward"
+    ]
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for op in _bench.ALL_OPS:
+        assert op in text
+    assert "or all (default: forward_out,forward,backward)" in text
+
+
+def test_bfloat16_without_ml_dtypes_exits_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quick", "--shapes", "2x8", "--dtype", "bfloat16"])
+    assert e.value.code == 2
+    assert "ml_dtypes" in capsys.readouterr().err
+
+
+def test_cli_all_ops_half(capsys, restore_threads):
+    pytest.importorskip("ml_dtypes")
+    args = ["bench", "--quick", "--shapes", "2x8", "--ops", "all", "--dtype", "bfloat16"]
+    assert main([*args, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for op in _bench.ALL_OPS:
+        assert f"2x8    {op} " in out
+    assert "bfloat16: the triad takes float32 and float64 only" in out

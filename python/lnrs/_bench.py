@@ -1,14 +1,34 @@
 """`python -m lnrs bench`: lnrs against the memory-bandwidth limit and against its peers.
 
-Past the caches a forward pass moves two arrays (read x, write y) and a backward
-pass three (read x and dy, write dx). The limit is the streaming triad
-``y = a*x + b`` in the extension, run in the same process on the same shape,
-dtype and threads, with the forward pass's row split and store policy; for tiny
-inputs (x within FLOOR_MAX_BYTES) it is never taken below one bare NumPy ufunc call
-on the same array (``np.add(x, 1, out=y)``), the least a call from Python can cost.
+Past the caches each op moves whole arrays of x's size, counted in the bytes of
+x's dtype: a forward pass two (read x, write y), a backward pass three (read x and
+dy, write dx), a residual add fused with the norm four (read x and the residual,
+write y and s = x + residual). The limit is the streaming triad ``y = a*x + b``
+in the extension, run in the same process on the same shape and threads, with the
+forward pass's row split and store policy, scaled to the op's bytes; the triad
+takes float32 and float64 only, so for float16 and bfloat16 it runs on a float32
+array of the same number of bytes (half the columns). For tiny inputs (x within
+FLOOR_MAX_BYTES) the limit is never taken below one bare NumPy ufunc call on an
+array of the same bytes (``np.add(x, 1, out=y)``), the least a call from Python
+can cost.
+
+Ops (--ops, comma-separated; "all" for every one; the default is the first three):
+  forward_out          layer_norm(x, out=y)                              2 arrays
+  forward              layer_norm(x), a fresh output                     2 arrays
+  backward             layer_norm_backward -> dx, dweight, dbias         3 arrays
+  rms_forward_out      rms_norm(x, out=y)                                2 arrays
+  rms_forward          rms_norm(x)                                       2 arrays
+  rms_backward         rms_norm_backward -> dx, dweight                  3 arrays
+  add_forward_out      add_layer_norm(x, r, out=y, sum_out=r), in place  4 arrays
+  add_rms_forward_out  add_rms_norm(x, r, out=y, sum_out=r), in place    4 arrays
 
 Peers (NumPy, ONNX Runtime, PyTorch) are timed when they import; a peer that
-does not is reported as absent with the reason, never as a failure. Each peer's
+does not is reported as absent with the reason, never as a failure, and a peer
+without an op or dtype as n/a. ONNX Runtime runs LayerNormalization (opset 17),
+RMSNormalization (opset 23, where the installed runtime has it) and its
+SkipLayerNormalization / SkipSimplifiedLayerNormalization contrib ops for the
+fused ones; PyTorch runs layer_norm, rms_norm and ``x + r`` then the norm; NumPy
+the textbook formulas (for the half types in float32, cast back). Each peer's
 first result is checked against lnrs, so a peer that computes something else is
 flagged rather than timed silently.
 """
@@ -17,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import os
@@ -31,15 +52,33 @@ import numpy as np
 import lnrs
 from lnrs import _lnrs
 
-OPS = ("forward_out", "forward", "backward")
+OPS = ("forward_out", "forward", "backward")  # the default set
+ALL_OPS = OPS + (
+    "rms_forward_out",
+    "rms_forward",
+    "rms_backward",
+    "add_forward_out",
+    "add_rms_forward_out",
+)
 PEERS = ("numpy", "onnxruntime", "torch")
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+HALF_DTYPES = ("float16", "bfloat16")
 DEFAULT_SHAPES = ((1, 768), (32, 768), (512, 768), (4096, 1024), (8192, 4096))
 EPS = 1e-5
 
 # Arrays of x's size each op moves: forward reads x and writes y; backward reads
-# x and dy and writes dx (weight, mean and rstd are one row or one column).
-ARRAYS_MOVED = {"forward_out": 2, "forward": 2, "backward": 3}
+# x and dy and writes dx (weight, mean and rstd are one row or one column); the
+# fused add reads x and the residual and writes y and s (over the residual).
+ARRAYS_MOVED = {
+    "forward_out": 2,
+    "forward": 2,
+    "backward": 3,
+    "rms_forward_out": 2,
+    "rms_forward": 2,
+    "rms_backward": 3,
+    "add_forward_out": 4,
+    "add_rms_forward_out": 4,
+}
 
 # The ufunc floor holds for inputs up to this size, where a call's fixed cost is
 # what a ufunc call measures. Past it NumPy's ufunc is bound by one thread's
@@ -56,8 +95,8 @@ SAMPLE_S = {False: 2e-3, True: 2e-4}
 MAX_SAMPLES = 1000
 
 # Largest difference from lnrs, relative to the result's scale, that a peer may
-# show before its row is flagged.
-CHECK_TOL = {"float32": 1e-3, "float64": 1e-8}
+# show before its row is flagged (a few ulps of the half types).
+CHECK_TOL = {"float32": 1e-3, "float64": 1e-8, "float16": 4e-3, "bfloat16": 3e-2}
 
 # Seconds to wait after a peer that runs its own thread pool, whose workers may
 # spin for a while after a call and would steal a core from the next measurement.
@@ -65,7 +104,7 @@ SETTLE_S = {False: 0.05, True: 0.0}
 
 
 class NotApplicable(Exception):
-    """The peer has no such operation (ONNX Runtime has no backward)."""
+    """The peer has no such operation (ONNX Runtime has no backward) or dtype."""
 
 
 # ---------------------------------------------------------------- arguments
@@ -96,12 +135,16 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 
 
 def parse_ops(text: str) -> list[str]:
-    """A comma-separated subset of ``forward_out,forward,backward``, in the order given."""
-    ops = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [op for op in ops if op not in OPS]
+    """A comma-separated subset of :data:`ALL_OPS`, in the order given; ``all`` stands
+    for every op."""
+    ops = []
+    for t in (t.strip() for t in text.split(",")):
+        if t:
+            ops += list(ALL_OPS) if t == "all" else [t]
+    bad = [op for op in ops if op not in ALL_OPS]
     if bad or not ops:
         raise argparse.ArgumentTypeError(
-            f"--ops must be a comma-separated subset of {','.join(OPS)}, got {text!r}"
+            f"--ops must be a comma-separated subset of {','.join(ALL_OPS)} (or all), got {text!r}"
         )
     return list(dict.fromkeys(ops))
 
@@ -126,7 +169,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + ",".join(shape_name(s) for s in DEFAULT_SHAPES)
         + ")",
     )
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="(default: float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="(default: float32; bfloat16 is ml_dtypes')",
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -139,7 +187,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_ops,
         default=list(OPS),
         metavar="OP,...",
-        help="subset of " + ",".join(OPS) + " (default: all)",
+        help="comma-separated, among: "
+        + ", ".join(ALL_OPS)
+        + "; or all (default: "
+        + ",".join(OPS)
+        + ")",
     )
     parser.add_argument("--json", metavar="FILE", help="write machine facts and every row")
     parser.add_argument(
@@ -185,27 +237,113 @@ def measure(fn: Callable[[], Any], quick: bool = False) -> tuple[float, Any]:
             gc.enable()
 
 
-# ---------------------------------------------------------------- the peers
+# ---------------------------------------------------------------- the cases
+
+
+def resolve_dtype(name: str) -> np.dtype:
+    """The dtype named ``name``; bfloat16 is ml_dtypes' (ImportError without it)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def is_half(dtype) -> bool:
+    return np.dtype(dtype).name in HALF_DTYPES and np.dtype(dtype).itemsize == 2
+
+
+class _Expected(dict):
+    """lnrs's results per op, computed on first use."""
+
+    def __init__(self, case: Case):
+        super().__init__()
+        self.case = case
+
+    def __missing__(self, op: str):
+        value = self[op] = self.case._expected(op)
+        return value
 
 
 class Case:
-    """One shape and dtype: the inputs, output buffers and lnrs's own results."""
+    """One shape and dtype: the inputs, output buffers and lnrs's own results
+    (``expected[op]``, computed when first asked for)."""
 
     def __init__(self, rows: int, cols: int, dtype: str, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.rows, self.cols, self.dtype = rows, cols, np.dtype(dtype)
-        self.x = rng.standard_normal((rows, cols), dtype=self.dtype)
-        self.w = rng.standard_normal(cols, dtype=self.dtype)
-        self.b = rng.standard_normal(cols, dtype=self.dtype)
-        self.dy = rng.standard_normal((rows, cols), dtype=self.dtype)
+        self.rows, self.cols = rows, cols
+        self.dtype = resolve_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
+
+        def normal(*shape):
+            return rng.standard_normal(shape, dtype=np.float32).astype(self.dtype)
+
+        self.x = normal(rows, cols)
+        self.w = normal(cols)
+        self.b = normal(cols)
+        self.dy = normal(rows, cols)
         self.y = np.empty_like(self.x)
-        y, self.mean, self.rstd = lnrs.layer_norm_forward(self.x, cols, self.w, self.b, EPS)
-        dx, dw, db = lnrs.layer_norm_backward(self.dy, self.x, self.mean, self.rstd, cols, self.w)
-        self.expected = {"forward": (y,), "forward_out": (y,), "backward": (dx, dw, db)}
+        self.expected = _Expected(self)
+        self._mean = self._rstd = self._rms_rstd = None
+        self._residual = None
 
     @property
     def nbytes(self) -> int:
         return self.x.nbytes
+
+    @property
+    def mean(self):
+        if self._mean is None:
+            _, self._mean, self._rstd = lnrs.layer_norm_forward(
+                self.x, self.cols, self.w, self.b, EPS
+            )
+        return self._mean
+
+    @property
+    def rstd(self):
+        self.mean  # noqa: B018 - computes mean and rstd together
+        return self._rstd
+
+    @property
+    def rms_rstd(self):
+        if self._rms_rstd is None:
+            _, self._rms_rstd = lnrs.rms_norm_forward(self.x, self.cols, self.w, EPS)
+        return self._rms_rstd
+
+    @property
+    def residual(self):
+        """The residual stream the fused ops start from (kept: the in-place calls
+        update a copy of it)."""
+        if self._residual is None:
+            rng = np.random.default_rng([1, self.rows, self.cols])
+            r = rng.standard_normal((self.rows, self.cols), dtype=np.float32)
+            self._residual = r.astype(self.dtype)
+        return self._residual
+
+    def _expected(self, op: str) -> tuple:
+        x, w, b, cols = self.x, self.w, self.b, self.cols
+        if op in ("forward", "forward_out"):
+            return (lnrs.layer_norm(x, cols, w, b, EPS),)
+        if op == "backward":
+            return tuple(lnrs.layer_norm_backward(self.dy, x, self.mean, self.rstd, cols, self.w))
+        if op in ("rms_forward", "rms_forward_out"):
+            return (lnrs.rms_norm(x, cols, w, EPS),)
+        if op == "rms_backward":
+            return tuple(lnrs.rms_norm_backward(self.dy, x, self.rms_rstd, cols, w))
+        if op == "add_forward_out":
+            return tuple(lnrs.add_layer_norm(x, self.residual, cols, w, b, EPS))
+        if op == "add_rms_forward_out":
+            return tuple(lnrs.add_rms_norm(x, self.residual, cols, w, EPS))
+        raise KeyError(op)
+
+    def limit_arrays(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Arrays for the triad and the ufunc floor, and the factor that scales their
+        times to x's bytes: x and y themselves, or for the half types (which the
+        triad does not take) float32 arrays of the same bytes, rows kept."""
+        if not is_half(self.dtype):
+            return self.x, self.y, 1.0
+        cols = -(-self.cols * self.dtype.itemsize // 4)
+        a = np.random.default_rng(2).standard_normal((self.rows, cols), dtype=np.float32)
+        return a, np.empty_like(a), self.x.nbytes / a.nbytes
 
 
 # A peer's set-up returns, for each op, ``(fn, fetch)``: ``fn()`` runs one call and
@@ -229,72 +367,259 @@ def numpy_backward(dy, x, mean, rstd, w):
     return dx, (dy * xhat).sum(0), dy.sum(0)
 
 
+def numpy_rms_forward(x, w, eps):
+    """RMSNorm as one would write it in NumPy: ``x / sqrt(mean(x²) + eps) * w``."""
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def numpy_rms_backward(dy, x, rstd, w):
+    """The gradients of :func:`numpy_rms_forward` for 2-D ``x``: ``(dx, dweight)``."""
+    rstd = rstd[:, None]
+    g = dy * w
+    dx = rstd * (g - x * (rstd * rstd) * (g * x).mean(-1, keepdims=True))
+    return dx, (dy * x * rstd).sum(0)
+
+
+def numpy_add_forward(x, r, w, b, eps):
+    """``s = x + r`` and LayerNorm of ``s``: ``(y, s)``."""
+    s = x + r
+    return numpy_forward(s, w, b, eps), s
+
+
+def numpy_add_rms_forward(x, r, w, eps):
+    """``s = x + r`` and RMSNorm of ``s``: ``(y, s)``."""
+    s = x + r
+    return numpy_rms_forward(s, w, eps), s
+
+
 def _same(r):
     return r if isinstance(r, tuple) else (r,)
 
 
-def numpy_ops(case: Case, threads: int) -> PeerOps:
-    forward = (partial(numpy_forward, case.x, case.w, case.b, EPS), _same)
-    backward = (partial(numpy_backward, case.dy, case.x, case.mean, case.rstd, case.w), _same)
-    return {"forward": forward, "forward_out": forward, "backward": backward}
+def _in_float32(fn, dtype):
+    """``fn`` on float32 copies of its array arguments, its results cast to ``dtype``:
+    how one computes in NumPy with half-precision storage."""
+
+    def wrapped(*args):
+        wide = [a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in args]
+        out = _same(fn(*wide))
+        return tuple(a.astype(dtype) if a.shape == wide[0].shape else a for a in out)
+
+    return wrapped
 
 
-def onnxruntime_ops(case: Case, threads: int) -> PeerOps:
-    import onnxruntime
-    from onnx import helper, numpy_helper
+def numpy_ops(case: Case, threads: int, ops=OPS) -> PeerOps:
+    half = is_half(case.dtype)
 
-    elem = helper.np_dtype_to_tensor_dtype(case.dtype)
-    node = helper.make_node("LayerNormalization", ["X", "W", "B"], ["Y"], axis=-1, epsilon=EPS)
-    graph = helper.make_graph(
-        [node],
-        "layer_norm",
-        [helper.make_tensor_value_info("X", elem, [None, case.cols])],
-        [helper.make_tensor_value_info("Y", elem, [None, case.cols])],
-        initializer=[numpy_helper.from_array(case.w, "W"), numpy_helper.from_array(case.b, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # the IR of opset 17; newer onnx writes one older runtimes refuse
+    def call(fn, *args):
+        return (partial(_in_float32(fn, case.dtype) if half else fn, *args), _same)
+
+    result: PeerOps = {}
+    if "forward" in ops or "forward_out" in ops:
+        result["forward"] = result["forward_out"] = call(numpy_forward, case.x, case.w, case.b, EPS)
+    if "backward" in ops:
+        result["backward"] = call(numpy_backward, case.dy, case.x, case.mean, case.rstd, case.w)
+    if "rms_forward" in ops or "rms_forward_out" in ops:
+        result["rms_forward"] = result["rms_forward_out"] = call(
+            numpy_rms_forward, case.x, case.w, EPS
+        )
+    if "rms_backward" in ops:
+        result["rms_backward"] = call(numpy_rms_backward, case.dy, case.x, case.rms_rstd, case.w)
+    if "add_forward_out" in ops:
+        result["add_forward_out"] = call(
+            numpy_add_forward, case.x, case.residual, case.w, case.b, EPS
+        )
+    if "add_rms_forward_out" in ops:
+        result["add_rms_forward_out"] = call(
+            numpy_add_rms_forward, case.x, case.residual, case.w, EPS
+        )
+    return result
+
+
+def _ort_session(onnxruntime, helper, nodes, inputs, outputs, initializers, opsets, threads):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers)
+    model = helper.make_model(graph, opset_imports=opsets)
+    if max(o.version for o in opsets if o.domain == "") <= 17:
+        model.ir_version = 8  # the IR of opset 17; newer onnx writes one older runtimes refuse
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
+    return onnxruntime.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    forward = (partial(session.run, ["Y"], {"X": case.x}), lambda r: (r[0],))
-    # With an output bound to an existing array, ONNX Runtime writes in place: its out=.
-    # The binding holds raw pointers: the call keeps x and y alive as long as it lives.
-    x, y = case.x, np.empty_like(case.x)
+
+
+def _ort_bound(session, feeds: dict, outputs: dict):
+    """A call running ``session`` on ``feeds`` into the existing arrays ``outputs``
+    (ONNX Runtime's out=, an IOBinding). The binding holds raw pointers: the call
+    keeps the arrays alive as long as it lives."""
     binding = session.io_binding()
-    binding.bind_cpu_input("X", x)
-    binding.bind_output("Y", "cpu", 0, y.dtype, y.shape, y.ctypes.data)
+    for name, a in feeds.items():
+        binding.bind_cpu_input(name, a)
+    for name, a in outputs.items():
+        binding.bind_output(name, "cpu", 0, a.dtype, a.shape, a.ctypes.data)
+    keep = (feeds, outputs)
 
-    def forward_out(x=x, y=y):
+    def call(keep=keep):
         session.run_with_iobinding(binding)
-        return y
+        return tuple(keep[1].values())
 
-    return {
-        "forward": forward,
-        "forward_out": (forward_out, _same),
+    return call
+
+
+def onnxruntime_ops(case: Case, threads: int, ops=OPS) -> PeerOps:
+    import onnxruntime
+    from onnx import helper, numpy_helper
+
+    if case.dtype.name == "bfloat16":
+        why = NotApplicable("ONNX Runtime's Python binding takes no bfloat16 arrays")
+        return dict.fromkeys(ALL_OPS, why)
+    elem = helper.np_dtype_to_tensor_dtype(case.dtype)
+    cols = case.cols
+
+    def value(name):
+        return helper.make_tensor_value_info(name, elem, [None, cols])
+
+    def params(*names):
+        arrays = {"W": case.w, "B": case.b}
+        return [numpy_helper.from_array(arrays[n], n) for n in names]
+
+    def session(nodes, inputs, outputs, inits, opset=17, contrib=False):
+        opsets = [helper.make_opsetid("", opset)]
+        if contrib:
+            opsets.append(helper.make_opsetid("com.microsoft", 1))
+        return _ort_session(onnxruntime, helper, nodes, inputs, outputs, inits, opsets, threads)
+
+    result: PeerOps = {
         "backward": NotApplicable("ONNX Runtime inference has no LayerNorm backward"),
+        "rms_backward": NotApplicable("ONNX Runtime inference has no RMSNorm backward"),
     }
+    if "forward" in ops or "forward_out" in ops:
+        node = helper.make_node("LayerNormalization", ["X", "W", "B"], ["Y"], axis=-1, epsilon=EPS)
+        s = session([node], [value("X")], [value("Y")], params("W", "B"))
+        result["forward"] = (partial(s.run, ["Y"], {"X": case.x}), lambda r: (r[0],))
+        result["forward_out"] = (_ort_bound(s, {"X": case.x}, {"Y": np.empty_like(case.x)}), _same)
+    if "rms_forward" in ops or "rms_forward_out" in ops:
+        node = helper.make_node("RMSNormalization", ["X", "W"], ["Y"], axis=-1, epsilon=EPS)
+        try:
+            s = session([node], [value("X")], [value("Y")], params("W"), opset=23)
+        except Exception as e:  # an older runtime: no opset 23
+            why = NotApplicable(
+                f"ONNX Runtime {onnxruntime.__version__} has no RMSNormalization (opset 23): "
+                f"{type(e).__name__}"
+            )
+            result["rms_forward"] = result["rms_forward_out"] = why
+        else:
+            result["rms_forward"] = (partial(s.run, ["Y"], {"X": case.x}), lambda r: (r[0],))
+            result["rms_forward_out"] = (
+                _ort_bound(s, {"X": case.x}, {"Y": np.empty_like(case.x)}),
+                _same,
+            )
+    for op, contrib_op, names in (
+        ("add_forward_out", "SkipLayerNormalization", ("W", "B")),
+        ("add_rms_forward_out", "SkipSimplifiedLayerNormalization", ("W",)),
+    ):
+        if op not in ops:
+            continue
+        # Outputs: y, mean, inv_std_var, input_skip_bias_sum (s); the middle two unused.
+        node = helper.make_node(
+            contrib_op,
+            ["X", "R", *names],
+            ["Y", "", "", "S"],
+            epsilon=EPS,
+            domain="com.microsoft",
+        )
+        try:
+            s = session(
+                [node],
+                [value("X"), value("R")],
+                [value("Y"), value("S")],
+                params(*names),
+                contrib=True,
+            )
+        except Exception as e:
+            result[op] = NotApplicable(
+                f"ONNX Runtime {onnxruntime.__version__} has no {contrib_op} for "
+                f"{case.dtype.name}: {type(e).__name__}"
+            )
+            continue
+        outputs = {"Y": np.empty_like(case.x), "S": np.empty_like(case.x)}
+        result[op] = (_ort_bound(s, {"X": case.x, "R": case.residual}, outputs), _same)
+    return result
 
 
-def torch_ops(case: Case, threads: int) -> PeerOps:
+def _torch_tensor(torch, a):
+    """A CPU tensor on ``a``'s memory; bfloat16 (ml_dtypes) through its bits."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _torch_numpy(t, dtype):
+    t = t.detach()
+    if dtype.name == "bfloat16":
+        import torch
+
+        return t.contiguous().view(torch.int16).numpy().view(dtype)
+    return t.numpy()
+
+
+def torch_ops(case: Case, threads: int, ops=OPS) -> PeerOps:
     import torch
 
     torch.set_num_threads(threads)
-    layer_norm = torch.nn.functional.layer_norm
-    x, w, b = (torch.from_numpy(a) for a in (case.x, case.w, case.b))
-    forward = (partial(layer_norm, x, (case.cols,), w, b, EPS), lambda r: (r.detach().numpy(),))
-    # Backward alone: the graph of one forward pass, kept for repeated gradients.
-    xg, wg, bg = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (case.x, case.w, case.b))
-    y = layer_norm(xg, (case.cols,), wg, bg, EPS)
-    dy = torch.from_numpy(case.dy)
-    backward = (
-        partial(torch.autograd.grad, y, (xg, wg, bg), dy, retain_graph=True),
-        lambda r: tuple(t.detach().numpy() for t in r),
-    )
-    return {"forward": forward, "forward_out": forward, "backward": backward}
+    functional = torch.nn.functional
+    layer_norm = functional.layer_norm
+    rms_norm = getattr(functional, "rms_norm", None)
+    dt, cols = case.dtype, case.cols
+
+    def t(a):
+        return _torch_tensor(torch, a)
+
+    def fetch(r):
+        return tuple(_torch_numpy(a, dt) for a in _same(r))
+
+    def grads(fn, arrays, params):
+        """Backward alone: the graph of one forward pass, kept for repeated gradients."""
+        leaves = [t(a.copy()).requires_grad_(True) for a in arrays]
+        y = fn(leaves[0], (cols,), *leaves[1:], *params)
+        return (
+            partial(torch.autograd.grad, y, tuple(leaves), t(case.dy), retain_graph=True),
+            fetch,
+        )
+
+    x, w, b = t(case.x), t(case.w), t(case.b)
+    result: PeerOps = {}
+    no_rms = NotApplicable(f"torch {getattr(torch, '__version__', '?')} has no rms_norm")
+    if "forward" in ops or "forward_out" in ops:
+        result["forward"] = result["forward_out"] = (
+            partial(layer_norm, x, (cols,), w, b, EPS),
+            fetch,
+        )
+    if "backward" in ops:
+        result["backward"] = grads(layer_norm, (case.x, case.w, case.b), (EPS,))
+    if "rms_forward" in ops or "rms_forward_out" in ops:
+        result["rms_forward"] = result["rms_forward_out"] = (
+            (partial(rms_norm, x, (cols,), w, EPS), fetch) if rms_norm else no_rms
+        )
+    if "rms_backward" in ops:
+        result["rms_backward"] = grads(rms_norm, (case.x, case.w), (EPS,)) if rms_norm else no_rms
+    r = t(case.residual)
+    if "add_forward_out" in ops:
+
+        def add_forward():
+            s = x + r
+            return layer_norm(s, (cols,), w, b, EPS), s
+
+        result["add_forward_out"] = (add_forward, fetch)
+    if "add_rms_forward_out" in ops:
+
+        def add_rms_forward():
+            s = x + r
+            return rms_norm(s, (cols,), w, EPS), s
+
+        result["add_rms_forward_out"] = (add_rms_forward, fetch) if rms_norm else no_rms
+    return result
 
 
 PEER_SETUP = {"numpy": numpy_ops, "onnxruntime": onnxruntime_ops, "torch": torch_ops}
@@ -332,8 +657,8 @@ def shape_name(shape) -> str:
 def columns() -> list[str]:
     """Every key of every row, in order."""
     cols = (
-        "shape rows cols dtype op threads bytes lnrs_s lnrs_gbps triad_s triad_gbps ufunc_s"
-        " limit_s limit_gbps limit_by fraction copy_s lnrs_over_copy"
+        "shape rows cols dtype op threads bytes lnrs_s lnrs_gbps triad_s triad_gbps triad_dtype"
+        " ufunc_s limit_s limit_gbps limit_by fraction copy_s lnrs_over_copy"
     ).split()
     for peer in PEERS:
         cols += [f"{peer}_s", f"{peer}_gbps", f"{peer}_speedup", f"{peer}_status"]
@@ -349,9 +674,10 @@ def _check(case: Case, op: str, got) -> str | None:
         a = np.asarray(a)
         if a.shape != e.shape:
             return f"shape {a.shape}, expected {e.shape}"
+        e = e.astype(np.float64)
         scale = max(1.0, float(np.max(np.abs(e))))
         err = float(np.max(np.abs(a.astype(np.float64) - e))) / scale
-        if not err <= CHECK_TOL[str(case.dtype)]:
+        if not err <= CHECK_TOL[case.dtype.name]:
             return f"its result and lnrs's differ by {err:.3g} of the result's scale"
     return None
 
@@ -375,9 +701,10 @@ def run_bench(
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    bad = [op for op in ops if op not in OPS]
+    resolve_dtype(dtype)  # bfloat16 without ml_dtypes: ImportError before any work
+    bad = [op for op in ops if op not in ALL_OPS]
     if bad:
-        raise ValueError(f"ops must be among {OPS}, got {bad}")
+        raise ValueError(f"ops must be among {ALL_OPS}, got {bad}")
     if peers is None:
         peers = load_peers()[0]
     if notes is None:
@@ -398,14 +725,16 @@ def run_bench(
 
             tell(0, f"{ops[0]}: limit")
             case = Case(shape[0], shape[1], dtype)
-            triad_s, _ = measure(partial(_lnrs.triad, case.x, case.y, 2.0, 1.0), quick)
-            ufunc_s, _ = measure(partial(np.add, case.x, 1, out=case.y), quick)
+            a, out, scale = case.limit_arrays()
+            triad_s = measure(partial(_lnrs.triad, a, out, 2.0, 1.0), quick)[0] * scale
+            ufunc_s = measure(partial(np.add, a, 1, out=out), quick)[0] * scale
+            del a, out
             copy_s = measure(case.x.copy, quick)[0] if "forward" in ops else None
 
             setups: dict[str, Any] = {}
             for peer in peers:
                 try:
-                    setups[peer] = PEER_SETUP[peer](case, threads)
+                    setups[peer] = PEER_SETUP[peer](case, threads, ops)
                 except Exception as e:
                     setups[peer] = e
             timed: dict[int, tuple[float | None, str]] = {}
@@ -429,6 +758,7 @@ def run_bench(
                     "lnrs_gbps": nbytes / lnrs_s / 1e9,
                     "triad_s": triad_s,
                     "triad_gbps": 2 * case.nbytes / triad_s / 1e9,
+                    "triad_dtype": "float32" if is_half(case.dtype) else dtype,
                     "ufunc_s": ufunc_s,
                     "limit_s": limit_s,
                     "limit_gbps": nbytes / limit_s / 1e9,
@@ -466,14 +796,38 @@ def run_bench(
     return rows
 
 
+def _alternate(*calls: Callable[[], Any]) -> Callable[[], Any]:
+    """A call that makes each of ``calls`` in turn."""
+    turn = itertools.cycle(calls).__next__
+    return lambda: turn()()
+
+
 def _lnrs_call(case: Case, op: str) -> Callable[[], Any]:
+    x, w, b, cols = case.x, case.w, case.b, case.cols
     if op == "forward_out":
-        return partial(lnrs.layer_norm, case.x, case.cols, case.w, case.b, EPS, out=case.y)
+        return partial(lnrs.layer_norm, x, cols, w, b, EPS, out=case.y)
     if op == "forward":
-        return partial(lnrs.layer_norm, case.x, case.cols, case.w, case.b, EPS)
-    return partial(
-        lnrs.layer_norm_backward, case.dy, case.x, case.mean, case.rstd, case.cols, case.w
-    )
+        return partial(lnrs.layer_norm, x, cols, w, b, EPS)
+    if op == "backward":
+        return partial(lnrs.layer_norm_backward, case.dy, x, case.mean, case.rstd, cols, w)
+    if op == "rms_forward_out":
+        return partial(lnrs.rms_norm, x, cols, w, EPS, out=case.y)
+    if op == "rms_forward":
+        return partial(lnrs.rms_norm, x, cols, w, EPS)
+    if op == "rms_backward":
+        return partial(lnrs.rms_norm_backward, case.dy, x, case.rms_rstd, cols, w)
+    if op in ("add_forward_out", "add_rms_forward_out"):
+        # In place, as servers keep the residual stream: s over the residual. Adding
+        # x and -x in turn keeps the stream bounded however many calls are timed.
+        r = case.residual.copy()
+        if op == "add_forward_out":
+            fn, params = lnrs.add_layer_norm, (w, b, EPS)
+        else:
+            fn, params = lnrs.add_rms_norm, (w, EPS)
+        return _alternate(
+            *(partial(fn, v, r, cols, *params, out=case.y, sum_out=r) for v in (x, -x))
+        )
+    raise ValueError(f"unknown op {op!r}")
 
 
 def _time_peer(peer, peers, setups, timed, case, op, quick) -> tuple[float | None, str]:
@@ -484,7 +838,7 @@ def _time_peer(peer, peers, setups, timed, case, op, quick) -> tuple[float | Non
     setup = setups[peer]
     if isinstance(setup, Exception):
         return None, f"error: set-up failed: {type(setup).__name__}: {setup}"
-    entry = setup[op]
+    entry = setup.get(op, NotApplicable(f"no {op}"))
     if isinstance(entry, NotApplicable):
         return None, f"n/a: {entry}"
     if id(entry) not in timed:
@@ -589,13 +943,28 @@ def format_table(rows: list[dict], peers=PEERS) -> str:
 
 
 LEGEND = """\
-lnrs, limit: seconds per call, best of several runs. GB/s: bytes moved per second (forward: 2
-arrays of x's size, backward: 3). limit: the triad y = a*x + b in the extension on the same shape,
-dtype and threads, scaled to the op's bytes ("triad"); for x up to 256 KiB, one np.add(x, 1, out=y)
-call when that is slower ("ufunc"). of limit: limit / lnrs, 1.00 = at the limit. /copy: lnrs forward
-(fresh output) / NumPy's x.copy(). peer (x): the peer's time, then its time / lnrs's (how many times
-faster lnrs is); '-' absent, 'n/a' no such op, '!' see below. Only ONNX Runtime has an out= (an
-IOBinding): NumPy's and PyTorch's forward_out figures are their fresh-output forward."""
+lnrs, limit: seconds per call, best of several runs. GB/s: bytes moved per second, in x's dtype
+(arrays of x's size: forward 2, backward 3, add_* 4 - read x and the residual, write y and s).
+limit: the triad y = a*x + b in the extension on the same shape, dtype and threads, scaled to the
+op's bytes ("triad"); for x up to 256 KiB, one np.add(x, 1, out=y) call when that is slower
+("ufunc"). of limit: limit / lnrs, 1.00 = at the limit. /copy: lnrs forward (fresh output) /
+NumPy's x.copy(). peer (x): the peer's time, then its time / lnrs's (how many times faster lnrs
+is); '-' absent, 'n/a' no such op or dtype, '!' see below. Only ONNX Runtime has an out= (an
+IOBinding): NumPy's and PyTorch's *_out figures are their fresh-output calls; lnrs's add_* run in
+place (sum_out = the residual), the peers' write s to a separate array."""
+
+HALF_LEGEND = """\
+{dtype}: the triad takes float32 and float64 only, so it (and the ufunc floor) ran on a float32
+array of the same number of bytes (half the columns) and is scaled by bytes moved. NumPy computes
+in float32 and casts back."""
+
+
+def legend(rows: list[dict]) -> str:
+    """:data:`LEGEND`, and a note on the triad where it ran on a stand-in dtype."""
+    text = LEGEND
+    for dtype in dict.fromkeys(r["dtype"] for r in rows if r["triad_dtype"] != r["dtype"]):
+        text += "\n" + HALF_LEGEND.format(dtype=dtype)
+    return text
 
 
 def format_facts(facts: dict) -> str:
@@ -612,7 +981,7 @@ def format_facts(facts: dict) -> str:
 
 
 def format_report(facts: dict, rows: list[dict], absent: list[dict], notes: list[dict]) -> str:
-    parts = [format_facts(facts), "", format_table(rows), "", LEGEND]
+    parts = [format_facts(facts), "", format_table(rows), "", legend(rows)]
     if absent:
         parts.append("")
         parts += [f"absent: {a['peer']} ({a['reason']})" for a in absent]
@@ -650,9 +1019,14 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
 
     ops = list(dict.fromkeys(r["op"] for r in rows))
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    fig = Figure(figsize=(5.0 * len(ops), 4.2), layout="constrained")
+    ncols = min(len(ops), 4)
+    nrows = -(-len(ops) // ncols)
+    fig = Figure(figsize=(5.0 * ncols, 4.2 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(ops), squeeze=False, sharey=True)[0]
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for ax in grid.flat[len(ops) :]:
+        ax.set_visible(False)
+    axes = list(grid.flat[: len(ops)])
     for ax, op in zip(axes, ops):
         by_shape = {r["shape"]: r for r in rows if r["op"] == op}
         xs = list(range(len(shapes)))
@@ -680,7 +1054,8 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
         ax.set_xlabel("rows x hidden size")
         ax.set_title(op)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("GB/s moved (higher is better)")
+    for row_axes in grid:
+        row_axes[0].set_ylabel("GB/s moved (higher is better)")
     handles = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -746,6 +1121,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import matplotlib  # noqa: F401
         except ImportError as e:
             parser.error(f"--plot needs matplotlib ({e}): pip install matplotlib")
+    try:
+        resolve_dtype(args.dtype)
+    except ImportError as e:
+        parser.error(f"--dtype {args.dtype} needs ml_dtypes ({e}): pip install ml_dtypes")
     threads = args.threads or lnrs.get_num_threads()
     peers, absent = load_peers()
     notes: list[dict] = []

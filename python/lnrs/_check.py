@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=DTYPES,
         default=["float32"],
+        metavar="DTYPE",
         help="input dtypes to check, among " + ", ".join(DTYPES) + " (default: float32; "
         "bfloat16 is ml_dtypes')",
     )
