@@ -94,6 +94,16 @@ pub fn dims(shape: &Bound<'_, PyAny>) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// `normalized_shape` when it names the trailing dimensions of `shape` (at
+/// least one); None otherwise.
+pub fn trailing_dims(shape: &[usize], normalized_shape: &Bound<'_, PyAny>) -> Option<Vec<usize>> {
+    let dims = dims(normalized_shape)?;
+    let ok = !dims.is_empty()
+        && dims.len() <= shape.len()
+        && shape[shape.len() - dims.len()..] == dims[..];
+    ok.then_some(dims)
+}
+
 /// `eps` when it is a finite float ≥ 0.
 pub fn eps(eps: &Bound<'_, PyAny>) -> Option<f64> {
     let v = eps.cast_exact::<PyFloat>().ok()?.value();

@@ -1,6 +1,6 @@
 //! LayerNorm and RMSNorm backward, and the triad the benchmarks measure against.
 
-use super::arrays::{dims, eps as eps_value, with_float_array, Ready, ReadyParam};
+use super::arrays::{eps as eps_value, trailing_dims, with_float_array, Ready, ReadyParam};
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
 use crate::kernels::layer_norm_backward::{layer_norm_backward as backward_kernel, Backward};
@@ -62,13 +62,9 @@ where
     T::Stat: numpy::Element,
 {
     let shape = x.shape();
-    let Some(dims) = dims(args.normalized_shape) else {
+    let Some(dims) = trailing_dims(shape, args.normalized_shape) else {
         return Ok(None);
     };
-    if dims.is_empty() || dims.len() > shape.len() || shape[shape.len() - dims.len()..] != dims[..]
-    {
-        return Ok(None);
-    }
     let lead = &shape[..shape.len() - dims.len()];
     let (rows, cols) = (
         lead.iter().product::<usize>(),

@@ -2,7 +2,9 @@
 //! already what the kernel reads, so that a 1×768 call costs about one NumPy
 //! ufunc call.
 
-use super::arrays::{dims, eps as eps_value, overlaps, with_float_array, Ready, ReadyParam};
+use super::arrays::{
+    eps as eps_value, overlaps, trailing_dims, with_float_array, Ready, ReadyParam,
+};
 use super::{maybe_detach, value_error};
 use crate::kernels::element::Element;
 use crate::kernels::layer_norm::{layer_norm_forward as forward_kernel, Forward, Input};
@@ -148,13 +150,9 @@ where
     T::Stat: numpy::Element,
 {
     let shape = x.shape();
-    let Some(dims) = dims(args.normalized_shape) else {
+    let Some(dims) = trailing_dims(shape, args.normalized_shape) else {
         return Ok(None);
     };
-    if dims.is_empty() || dims.len() > shape.len() || shape[shape.len() - dims.len()..] != dims[..]
-    {
-        return Ok(None);
-    }
     let Some(eps) = eps_value(args.eps) else {
         return Ok(None);
     };

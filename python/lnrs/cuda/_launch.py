@@ -42,15 +42,8 @@ def _like(a, x, name: str) -> cupy.ndarray:
 
 
 def _dims(normalized_shape, x) -> tuple[int, ...]:
-    dims = _checks.shape_tuple(normalized_shape)
-    if not dims:
-        raise ValueError("normalized_shape must name at least one dimension, got ()")
-    if len(dims) > x.ndim or x.shape[x.ndim - len(dims) :] != dims:
-        raise ValueError(
-            f"normalized_shape {dims} must equal the trailing dimensions of x, "
-            f"but x has shape {x.shape}"
-        )
-    return dims
+    # The CPU path's check: it reads only x.shape and x.ndim.
+    return _checks.normalized_shape(normalized_shape, x)
 
 
 def _param(p, name, dims, acc):
