@@ -93,66 +93,26 @@ impl Element for f64 {
     }
 }
 
-/// `v` rounded to f32 by round-to-odd: truncated, with the last bit set when
-/// anything was cut off. Rounding that again to a type at least two bits
-/// narrower (f16, bf16) to nearest gives the correctly rounded result, which
-/// rounding through f32 to nearest would not (it can round twice the same way).
-#[inline(always)]
-fn f32_round_to_odd(v: f64) -> f32 {
-    let r = v as f32;
-    let back = r as f64;
-    let inexact = back != v && v.is_finite();
-    let toward_zero = (inexact && back.abs() > v.abs()) as u32;
-    f32::from_bits((r.to_bits() - toward_zero) | inexact as u32)
-}
+// The half types convert by plain integer and float arithmetic with selects,
+// which LLVM vectorises; the `half` crate's conversions test the CPU's features
+// on every call (20x slower inside the kernels), and its f64 conversions round
+// twice, through f32.
 
-// The half types convert by plain bit arithmetic with selects, which LLVM
-// vectorises; the `half` crate's conversions test the CPU's features on every
-// call and were 20x slower inside the kernels.
-
-/// f16 bits to f32, exactly (subnormals by a power-of-two multiply).
+/// f16 bits to f64, exactly: the bits moved into f64's fields, then 2^1008
+/// moves f16's exponent bias (15) to f64's (1023); f16 subnormals arrive as
+/// f64 subnormals, which the multiply scales exactly.
 #[inline(always)]
-fn f16_to_f32(h: u16) -> f32 {
-    let h = h as u32;
-    let magnitude = (h & 0x7fff) << 13;
-    // 2^112 moves f16's exponent bias (15) to f32's (127).
-    let scaled = f32::from_bits(magnitude) * f32::from_bits(0x7780_0000);
-    let special = f32::from_bits(magnitude | 0x7f80_0000); // inf, NaN
+fn f16_to_f64(h: u16) -> f64 {
+    let h = h as u64;
+    let magnitude = (h & 0x7fff) << 42;
+    let scaled = f64::from_bits(magnitude) * f64::from_bits((1023 + 1008) << 52);
+    let special = f64::from_bits(magnitude | 0x7ff0_0000_0000_0000); // inf, NaN
     let v = if h & 0x7c00 == 0x7c00 {
         special
     } else {
         scaled
     };
-    f32::from_bits(v.to_bits() | ((h & 0x8000) << 16))
-}
-
-/// f32 to f16 bits, rounded to nearest, ties to even.
-#[inline(always)]
-fn f32_to_f16(v: f32) -> u16 {
-    let bits = v.to_bits();
-    let sign = (bits >> 16) & 0x8000;
-    let x = bits & 0x7fff_ffff;
-    // Normal results: rebias, round to nearest even on the 13 dropped bits.
-    let odd = (x >> 13) & 1;
-    let normal = (x.wrapping_add(0xc800_0fff).wrapping_add(odd)) >> 13;
-    // Subnormal results: let an f32 addition do the rounding (f16's smallest
-    // subnormal is 2^-24, so adding 0.5 aligns the bits to keep).
-    let sub = (f32::from_bits(x) + 0.5)
-        .to_bits()
-        .wrapping_sub(0x3f00_0000);
-    let out = if x >= 0x4780_0000 {
-        // |v| ≥ 65536 (rounds to inf past 65520, done below) or inf/NaN.
-        if x > 0x7f80_0000 {
-            0x7e00
-        } else {
-            0x7c00
-        }
-    } else if x < 0x3880_0000 {
-        sub
-    } else {
-        normal
-    };
-    (out | sign) as u16
+    f64::from_bits(v.to_bits() | ((h & 0x8000) << 48))
 }
 
 /// bf16 bits to f32, exactly.
@@ -161,15 +121,36 @@ fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// f32 to bf16 bits, rounded to nearest, ties to even; NaN stays NaN.
+/// `v` rounded once, to nearest with ties to even, to a binary format with
+/// `mant` stored mantissa bits and exponent bias `bias` (f16: 10, 15; bf16: 7,
+/// 127), as its bits without the sign. Normal results drop the low bits of v's
+/// rebiased f64 encoding (a carry rounds up into the exponent, and past the
+/// largest finite value into infinity); subnormal results are |v| in units of
+/// the smallest subnormal, rounded to an integer; NaN stays NaN.
 #[inline(always)]
-fn f32_to_bf16(v: f32) -> u16 {
-    let bits = v.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+fn round_f64_to_narrow(v: f64, mant: u32, bias: u64, max_exp: u64) -> u64 {
+    let drop = 52 - mant;
+    let mag = v.to_bits() & 0x7fff_ffff_ffff_ffff;
+    let rebiased = mag.wrapping_sub((1023 - bias) << 52);
+    let odd = (rebiased >> drop) & 1;
+    let normal = rebiased.wrapping_add((1u64 << (drop - 1)) - 1 + odd) >> drop;
+    // |v| in units of the smallest subnormal, 2^(1 - bias - mant): a multiply
+    // by a power of two, exact.
+    // Adding 2^52 rounds that to an integer (ties to even) and leaves it in the
+    // low mantissa bits: no float-to-integer conversion, which does not vectorise.
+    let per_unit = f64::from_bits((1023 + bias + mant as u64 - 1) << 52);
+    let two52 = 4_503_599_627_370_496.0f64;
+    let subnormal = (v.abs() * per_unit + two52).to_bits() - two52.to_bits();
+    let infinity = max_exp << mant;
+    let nan = infinity | (1 << (mant - 1));
     if v.is_nan() {
-        ((bits >> 16) | 0x40) as u16
+        nan
+    } else if mag >= (1023 - bias + max_exp) << 52 {
+        infinity
+    } else if mag < (1023 + 1 - bias) << 52 {
+        subnormal
     } else {
-        rounded as u16
+        normal
     }
 }
 
@@ -180,11 +161,12 @@ impl Element for half::f16 {
 
     #[inline(always)]
     fn to_f64(self) -> f64 {
-        f16_to_f32(self.to_bits()) as f64
+        f16_to_f64(self.to_bits())
     }
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
-        half::f16::from_bits(f32_to_f16(f32_round_to_odd(v)))
+        let sign = ((v.to_bits() >> 48) & 0x8000) as u16;
+        half::f16::from_bits(round_f64_to_narrow(v, 10, 15, 31) as u16 | sign)
     }
     fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
         None
@@ -202,7 +184,8 @@ impl Element for half::bf16 {
     }
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
-        half::bf16::from_bits(f32_to_bf16(f32_round_to_odd(v)))
+        let sign = ((v.to_bits() >> 48) & 0x8000) as u16;
+        half::bf16::from_bits(round_f64_to_narrow(v, 7, 127, 255) as u16 | sign)
     }
     fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
         None
@@ -236,37 +219,42 @@ mod tests {
     fn half_bits_convert_exactly() {
         for bits in 0..=u16::MAX {
             let (a, b) = (f16::from_bits(bits), bf16::from_bits(bits));
-            let (fa, fb) = (f16_to_f32(bits), bf16_to_f32(bits));
+            let (fa, fb) = (f16_to_f64(bits), bf16_to_f32(bits));
             assert!(
-                fa.to_bits() == a.to_f32().to_bits() || (fa.is_nan() && a.is_nan()),
+                fa.to_bits() == a.to_f64().to_bits() || (fa.is_nan() && a.is_nan()),
                 "{bits:#x}"
             );
             assert!(
                 fb.to_bits() == b.to_f32().to_bits() || (fb.is_nan() && b.is_nan()),
                 "{bits:#x}"
             );
-            // Round trips, and every f32 the library rounds agrees with ours.
-            if !a.is_nan() {
-                assert_eq!(f32_to_f16(fa), bits, "{bits:#x}");
-            }
-            if !b.is_nan() {
-                assert_eq!(f32_to_bf16(fb), bits, "{bits:#x}");
-            }
+            // Round trips through f64.
+            let (ra, rb) = (
+                <f16 as Element>::from_f64(fa),
+                <bf16 as Element>::from_f64(fb as f64),
+            );
+            assert!(
+                ra.to_bits() == bits || (a.is_nan() && ra.is_nan()),
+                "{bits:#x}"
+            );
+            assert!(
+                rb.to_bits() == bits || (b.is_nan() && rb.is_nan()),
+                "{bits:#x}"
+            );
         }
+        // f32 values go to f64 exactly, so rounding them once is what the
+        // library's (correct) f32 conversions give.
         let mut s = 0x1234_5678u32;
         for _ in 0..2_000_000 {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let v = f32::from_bits(s);
+            let (got16, got_b) = (
+                <f16 as Element>::from_f64(v as f64),
+                <bf16 as Element>::from_f64(v as f64),
+            );
             let (want16, want_b) = (f16::from_f32(v), bf16::from_f32(v));
-            let (got16, got_b) = (f32_to_f16(v), f32_to_bf16(v));
-            assert!(
-                got16 == want16.to_bits() || (v.is_nan() && f16::from_bits(got16).is_nan()),
-                "{v:e}"
-            );
-            assert!(
-                got_b == want_b.to_bits() || (v.is_nan() && bf16::from_bits(got_b).is_nan()),
-                "{v:e}"
-            );
+            assert!(got16 == want16 || (v.is_nan() && got16.is_nan()), "{v:e}");
+            assert!(got_b == want_b || (v.is_nan() && got_b.is_nan()), "{v:e}");
         }
     }
 
