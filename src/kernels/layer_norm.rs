@@ -531,21 +531,7 @@ fn chunk<T: Element, const W: bool, const B: bool, const SCALED: bool>(
 mod tests {
     use super::*;
     use crate::kernels::simd::supported_levels;
-
-    /// A deterministic pseudo-random row generator (no test dependencies).
-    fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                offset + ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 3.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_data as data;
 
     fn run<T: Element>(
         level: Level,

@@ -663,18 +663,7 @@ mod tests {
     use crate::kernels::layer_norm::{layer_norm_forward, Forward, Input};
     use crate::kernels::simd::supported_levels;
     use crate::kernels::stats::Norm;
-
-    fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                offset + ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 3.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_data as data;
 
     type Grads<T> = (Vec<T>, Vec<<T as Element>::Stat>, Vec<<T as Element>::Stat>);
 

@@ -14,6 +14,23 @@ pub mod triad;
 
 use std::fmt;
 
+/// Deterministic test rows (no test dependencies): uniform in
+/// `offset ± 1.5`, from a 64-bit LCG seeded by `seed`.
+#[cfg(test)]
+pub(crate) fn test_data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
+    let step = |s: u64| {
+        s.wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+    };
+    let mut s = step(seed);
+    (0..len)
+        .map(|_| {
+            s = step(s);
+            offset + ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 3.0
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelError {
     /// A buffer whose length does not fit the shape of the call.
