@@ -36,6 +36,11 @@ def is_half(dtype: np.dtype) -> bool:
     return dtype == np.float16 or is_bfloat16(dtype)
 
 
+def is_storage(dtype: np.dtype) -> bool:
+    """Whether the kernels take `dtype` as it is."""
+    return dtype in STAT_DTYPE or is_bfloat16(dtype)
+
+
 def c_aligned(a: np.ndarray) -> np.ndarray:
     """`a` when C-contiguous and aligned (what the kernels read), else a copy that is.
     Not np.ascontiguousarray, which keeps misalignment and turns 0-d into 1-d."""
@@ -62,9 +67,9 @@ def float_array(x, name: str) -> np.ndarray:
             raise TypeError(
                 f"{name} must be an array of {DTYPES}, got {type(x).__name__}: {e}"
             ) from None
-    if x.dtype not in STAT_DTYPE and not is_bfloat16(x.dtype):
+    if not is_storage(x.dtype):
         native = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else None
-        if native not in STAT_DTYPE:
+        if native is None or not is_storage(native):
             raise TypeError(f"{name} must have dtype {DTYPES}, got {x.dtype}")
         x = x.astype(native)
     return x

@@ -1,4 +1,6 @@
-"""The native module: kernels behind the public API. Arguments arrive checked."""
+"""The native module: kernels behind the public API. The norm functions take
+kernel-ready arguments and return None for anything else, which the Python layer
+then converts or reports."""
 
 import numpy as np
 

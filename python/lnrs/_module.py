@@ -20,7 +20,7 @@ class _Norm:
             dtype = np.dtype(dtype)
         except TypeError:
             dtype = None
-        if dtype is None or (dtype not in _checks.STAT_DTYPE and not _checks.is_bfloat16(dtype)):
+        if dtype is None or not _checks.is_storage(dtype):
             raise TypeError(f"dtype must be {_checks.DTYPES}, got {dtype!r}")
         dims = _checks.shape_tuple(normalized_shape)
         self.normalized_shape = _checks.normalized_shape(dims, np.empty(dims, dtype))

@@ -80,6 +80,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _checks
+
 __all__ = [
     "Case",
     "CaseResult",
@@ -148,13 +150,11 @@ _HALF_FORMATS = {"float16": (11, -14, 15), "bfloat16": (8, -126, 127)}
 
 def _is_bfloat16(dtype) -> bool:
     """ml_dtypes' bfloat16, known by name so that lnrs.testing never imports ml_dtypes."""
-    dt = np.dtype(dtype)
-    return dt.name == "bfloat16" and dt.itemsize == 2
+    return _checks.is_bfloat16(np.dtype(dtype))
 
 
 def _is_half(dtype) -> bool:
-    dt = np.dtype(dtype)
-    return dt == np.float16 or _is_bfloat16(dt)
+    return _checks.is_half(np.dtype(dtype))
 
 
 def _format_any(dtype) -> tuple[int, int, int]:
