@@ -4,6 +4,7 @@ mod arrays;
 mod backward;
 mod config;
 mod forward;
+mod triad;
 
 use crate::kernels::KernelError;
 use pyo3::exceptions::PyValueError;
@@ -32,7 +33,7 @@ fn _lnrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(forward::rms_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(forward::add_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(backward::norm_backward, m)?)?;
-    m.add_function(wrap_pyfunction!(backward::triad, m)?)?;
+    m.add_function(wrap_pyfunction!(triad::triad, m)?)?;
     m.add_function(wrap_pyfunction!(config::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(config::get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(config::simd_level, m)?)?;
