@@ -20,8 +20,15 @@ def _bw(**kw):
     """A layer_norm_backward call on X with good defaults, overridden by kw."""
     args = dict(dy=DY, x=X, mean=MEAN, rstd=RSTD, normalized_shape=NS, weight=None)
     args.update(kw)
+    eps = {"eps": args.pop("eps")} if "eps" in args else {}
     return lambda: lnrs.layer_norm_backward(
-        args["dy"], args["x"], args["mean"], args["rstd"], args["normalized_shape"], args["weight"]
+        args["dy"],
+        args["x"],
+        args["mean"],
+        args["rstd"],
+        args["normalized_shape"],
+        args["weight"],
+        **eps,
     )
 
 
@@ -35,6 +42,12 @@ RAGGED = [[1.0, 2.0], [3.0]]
 
 # (id, call, exception type(s), regex the message must match)
 CASES = [
+    # eps (the forward pass's, to recompute rstd)
+    ("eps-negative", _bw(eps=-1e-5), ValueError, r"\beps\b"),
+    ("eps-nan", _bw(eps=float("nan")), ValueError, r"\beps\b"),
+    ("eps-inf", _bw(eps=np.inf), ValueError, r"\beps\b"),
+    ("eps-string", _bw(eps="1e-5"), TypeError, r"\beps\b"),
+    ("eps-bool", _bw(eps=True), TypeError, r"\beps\b"),
     # dy
     ("dy-short", _bw(dy=np.ones((2, 3, 3), np.float32)), ValueError, r"\bdy\b"),
     ("dy-flat", _bw(dy=np.ones(24, np.float32)), ValueError, r"\bdy\b"),
