@@ -30,40 +30,11 @@ def cases(dtype) -> dict:
     return testing.adversarial_inputs(dtype)
 
 
-# Known misses of issue 5's float64 goals, kept visible: strict, so a fix that
-# makes one pass fails the suite until its mark is removed.
-FLOAT64_AFFINE_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="issue 5: float64 xhat*w + b cancelling towards 2**-10 needs a double-double xhat",
-)
-FLOAT64_RSTD_GAP = pytest.mark.xfail(
-    strict=True, reason="issue 5: float64 rstd 2 ulp on rows with an outlier (variance sum)"
-)
-KNOWN_GAPS = {
-    ("test_output_within_goal", "float64", name): FLOAT64_AFFINE_GAP
-    for name in ("offset_1e4_affine", "offset_1e6_affine", "offset_1e8_affine")
-} | {
-    ("test_output_within_goal", "float64", "rows_of_3"): FLOAT64_AFFINE_GAP,
-    ("test_output_within_goal", "float64", "multi_axis"): FLOAT64_AFFINE_GAP,
-    ("test_mean_and_rstd_within_1_ulp", "float64", "outlier"): FLOAT64_RSTD_GAP,
-    ("test_mean_and_rstd_within_1_ulp", "float64", "outlier_first"): FLOAT64_RSTD_GAP,
-}
-
-
-def cases_for(test: str) -> list:
-    return [
-        pytest.param(
-            dt,
-            name,
-            id=f"{dt.name}-{name}",
-            marks=[KNOWN_GAPS[key]] if (key := (test, dt.name, name)) in KNOWN_GAPS else [],
-        )
-        for dt in (F32, F64)
-        for name in testing.adversarial_inputs(dt, quick=True)
-    ]
-
-
-CASES = cases_for("")
+CASES = [
+    pytest.param(dt, name, id=f"{dt.name}-{name}")
+    for dt in (F32, F64)
+    for name in testing.adversarial_inputs(dt, quick=True)
+]
 EXACT_CASES = [
     p
     for p in CASES
@@ -96,7 +67,7 @@ def worst_element(y, ref) -> str:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype,name", cases_for("test_output_within_goal"))
+@pytest.mark.parametrize("dtype,name", CASES)
 def test_output_within_goal(dtype, name):
     case = cases(dtype)[name]
     ref, _, _ = case.reference()
@@ -107,7 +78,7 @@ def test_output_within_goal(dtype, name):
     assert err <= goal, f"{name}: {err:g} ulp > {goal:g}; worst {worst_element(y, ref)}"
 
 
-@pytest.mark.parametrize("dtype,name", cases_for("test_mean_and_rstd_within_1_ulp"))
+@pytest.mark.parametrize("dtype,name", CASES)
 def test_mean_and_rstd_within_1_ulp(dtype, name):
     case = cases(dtype)[name]
     _, ref_mean, ref_rstd = case.reference()
@@ -224,19 +195,8 @@ def test_affine_invariance(dtype, shift, offset, n, zero_eps, seed):
 # Backward
 # --------------------------------------------------------------------------------------
 
-# float64 backward: dx and dweight cancel in (g − mean(g) − xhat·mean(g·xhat)),
-# which float64 arithmetic cannot carry to a few ulps; it needs double-double
-# steps (issue 5). Strict: a fix that passes fails the suite until unmarked.
-FLOAT64_BACKWARD_GAP = pytest.mark.xfail(
-    strict=True, reason="issue 5: float64 backward needs double-double dx and dweight"
-)
 OFFSETS = [
-    pytest.param(
-        dt,
-        offset,
-        id=f"{dt.name}-offset_{offset:g}",
-        marks=[FLOAT64_BACKWARD_GAP] if dt == F64 else [],
-    )
+    pytest.param(dt, offset, id=f"{dt.name}-offset_{offset:g}")
     for dt, offset in [
         (F32, 0.0),
         (F32, 1e3),

@@ -5,8 +5,9 @@
 use super::element::{Element, Param};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
-    add_blocks, block_centred_sums, block_shifted_sum, norm_stats, rms_stats_with, row_stats_with,
-    Norm, RowStats, RowSums, LANES, LONG_ROW, SPLIT_BLOCK,
+    add_blocks, add_centred, block_centred_sums, block_shifted_sum, norm_stats, rms_stats_with,
+    row_stats_with, two_prod, two_sum, Centred, Norm, RowStats, RowSums, LANES, LONG_ROW,
+    SPLIT_BLOCK,
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
@@ -237,15 +238,12 @@ impl<T: Element> RowSums<T> for LongRows<'_, T> {
         add_blocks::<T>(parts)
     }
 
-    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
+    fn centred_sums(&self, x: &[T], m: f64) -> Centred {
         let level = self.level;
         let parts = parallel::map_blocks(self.workers, x, SPLIT_BLOCK, |_, b| {
             dispatch(level, BlockMoments { x: b, m })
         });
-        (
-            add_blocks::<T>(parts.iter().map(|p| p.0)),
-            add_blocks::<T>(parts.iter().map(|p| p.1)),
-        )
+        add_centred::<T>(&parts)
     }
 }
 
@@ -268,9 +266,9 @@ struct BlockMoments<'a, T> {
 }
 
 impl<T: Element> Kernel for BlockMoments<'_, T> {
-    type Output = (f64, f64);
+    type Output = Centred;
     #[inline(always)]
-    fn run(self) -> (f64, f64) {
+    fn run(self) -> Centred {
         block_centred_sums(self.x, self.m)
     }
 }
@@ -515,16 +513,47 @@ fn chunk<T: Element, const W: bool, const B: bool, const SCALED: bool>(
         } else {
             x[j].to_f64()
         };
-        let d = (v - s.shift) - s.corr;
-        let t = match (W, B) {
-            (true, true) => d.mul_add(s.rstd_scaled * w[j], b[j]),
-            (true, false) => d * (s.rstd_scaled * w[j]),
-            (false, true) => d.mul_add(s.rstd_scaled, b[j]),
-            (false, false) => d * s.rstd_scaled,
+        let t = if T::WIDE {
+            let d = (v - s.shift) - s.corr;
+            match (W, B) {
+                (true, true) => d.mul_add(s.rstd_scaled * w[j], b[j]),
+                (true, false) => d * (s.rstd_scaled * w[j]),
+                (false, true) => d.mul_add(s.rstd_scaled, b[j]),
+                (false, false) => d * s.rstd_scaled,
+            }
+        } else {
+            let (w, b) = (if W { w[j] } else { 1.0 }, if B { b[j] } else { 0.0 });
+            exact_affine::<W, B>(v, s, w, b)
         };
         out[j] = T::from_f64(t);
     }
     out
+}
+
+/// `((v − shift) − corr)·rstd·w + b` for f64 storage, in double-double steps and
+/// rounded once at the end: where `xhat·w` and `b` cancel, the digits of xhat
+/// beyond f64 become the leading digits of the result. The centred value is the
+/// pair `d + dl` (TwoSum twice), xhat `p + pl` against the rstd pair, xhat·w
+/// `q + ql` (FMA), and the sum with b is TwoSum.
+#[inline(always)]
+fn exact_affine<const W: bool, const B: bool>(v: f64, s: &RowStats, w: f64, b: f64) -> f64 {
+    let (d0, e0) = two_sum(v, -s.shift);
+    let (d, e1) = two_sum(d0, -s.corr);
+    let dl = e0 + e1;
+    let (p, pe) = two_prod(d, s.rstd_scaled);
+    let pl = d.mul_add(s.rstd_lo, dl.mul_add(s.rstd_scaled, pe));
+    let (q, ql) = if W {
+        let (q, qe) = two_prod(w, p);
+        (q, w.mul_add(pl, qe))
+    } else {
+        (p, pl)
+    };
+    if B {
+        let (t, te) = two_sum(q, b);
+        t + (te + ql)
+    } else {
+        q + ql
+    }
 }
 
 #[cfg(test)]

@@ -5,15 +5,17 @@
 //! rounded to its storage type), `a = mean(g)` and `b = mean(g·xhat)`; then
 //! `xhat = (u − c)·rstd` and `dx = rstd·((g − a) − xhat·b)`. The row is still in
 //! cache for the second loop, which also adds `dy·xhat` and `dy` into the
-//! column sums of its block of rows. Blocks are fixed by the shape
+//! column sums of its block of rows. For f64 storage every step is carried in
+//! double-double (error-free sums, products split by FMA) and rounded once:
+//! `(g − a) − xhat·b` cancels, and what f64 would drop becomes dx's leading digits. Blocks are fixed by the shape
 //! (`parallel::fixed_block_rows`) and merged in order, so dweight and dbias do
 //! not depend on the thread count.
 
 use super::element::{Element, Param};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
-    add_blocks, inv_sqrt_sum, reduce, two_sum, Compensated, Lanes, BLOCK_STEPS, LANES, LONG_ROW,
-    SPLIT_BLOCK,
+    add_blocks, add_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, LANES,
+    LONG_ROW, SPLIT_BLOCK,
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
@@ -229,9 +231,9 @@ struct BlockSums<'a, T> {
 }
 
 impl<T: Element> Kernel for BlockSums<'_, T> {
-    type Output = [f64; 4];
+    type Output = Sums;
     #[inline(always)]
-    fn run(self) -> [f64; 4] {
+    fn run(self) -> Sums {
         let BlockSums {
             x,
             dy,
@@ -423,53 +425,59 @@ fn backward_row<T: Element, const W: bool>(
 }
 
 /// Per-block row sums added in block order.
-fn add_sums<T: Element>(parts: &[[f64; 4]]) -> [f64; 4] {
-    std::array::from_fn(|i| add_blocks::<T>(parts.iter().map(|p| p[i])))
+fn add_sums<T: Element>(parts: &[Sums]) -> Sums {
+    std::array::from_fn(|i| {
+        if T::WIDE {
+            (parts.iter().map(|p| p[i].0).sum(), 0.0)
+        } else {
+            add_pairs(parts.iter().map(|p| p[i]))
+        }
+    })
 }
 
 impl RowConsts {
-    /// From a row's [Σu, Σg, Σg·u].
-    /// `mean` None: RMSNorm, nothing centred. With `eps`, rstd comes from the
-    /// row's own Σu² rather than the `rstd` given.
+    /// From a row's sums. `mean` None: RMSNorm, nothing centred. With `eps`,
+    /// rstd comes from the row's own Σu² rather than the `rstd` given.
     fn new(
-        [su, sg, sgu, suu]: [f64; 4],
+        [su, sg, sgu, suu]: Sums,
         n: usize,
         mean: Option<f64>,
         rstd: f64,
         eps: Option<f64>,
     ) -> Self {
         let n = n as f64;
-        let rstd = match eps {
-            Some(eps) => {
-                // Σ(u − c)² = Σu² − n·c² around the corrected mean.
-                let c = if mean.is_some() { su / n } else { 0.0 };
-                let exact = inv_sqrt_sum((suu / n - c * c).max(0.0), eps);
-                if exact.is_finite() {
-                    exact
-                } else {
-                    rstd
-                }
-            }
-            None => rstd,
+        let c = if mean.is_some() { su.0 / n } else { 0.0 };
+        let (rstd, rstd_lo) = eps
+            .map(|eps| {
+                let s = Centred {
+                    sum: if mean.is_some() { su.0 } else { 0.0 },
+                    squares: suu.0,
+                    squares_lo: suu.1,
+                };
+                rstd_from(s, n, eps)
+            })
+            .filter(|r| r.0.is_finite())
+            .unwrap_or((rstd, 0.0));
+        let (a, a_lo) = if mean.is_some() {
+            div_pair(sg, n)
+        } else {
+            (0.0, 0.0)
         };
-        match mean {
-            Some(mean) => {
-                let c = su / n;
-                RowConsts {
-                    mean,
-                    c,
-                    rstd,
-                    a: sg / n,
-                    b: rstd * (sgu - c * sg) / n,
-                }
-            }
-            None => RowConsts {
-                mean: 0.0,
-                c: 0.0,
-                rstd,
-                a: 0.0,
-                b: rstd * sgu / n,
-            },
+        // b = mean(g·xhat) = rstd·(Σg·u − c·Σg)/n.
+        let (cg, cg_lo) = two_prod(c, sg.0);
+        let (t, t_lo) = two_sum(sgu.0, -cg);
+        let t_lo = t_lo + sgu.1 - c.mul_add(sg.1, cg_lo);
+        let (t, t_lo) = div_pair((t, t_lo), n);
+        let (b, b_lo) = two_prod(rstd, t);
+        RowConsts {
+            mean: mean.unwrap_or(0.0),
+            c,
+            rstd,
+            rstd_lo,
+            a,
+            a_lo,
+            b,
+            b_lo: rstd.mul_add(t_lo, rstd_lo.mul_add(t, b_lo)),
         }
     }
 }
@@ -541,13 +549,18 @@ const fn per<T: Element>() -> usize {
     }
 }
 
-/// Per-row constants of the gradient.
+/// Per-row constants of the gradient, each with its low part (used for f64
+/// storage only): `x − mean − c` is the centred value, `a = mean(g)`,
+/// `b = mean(g·xhat)`.
 struct RowConsts {
     mean: f64,
     c: f64,
     rstd: f64,
+    rstd_lo: f64,
     a: f64,
+    a_lo: f64,
     b: f64,
+    b_lo: f64,
 }
 
 /// dx, and the column sums' terms, for elements of equal-length slices.
@@ -563,82 +576,97 @@ fn grad<T: Element, const W: bool>(
 ) {
     for j in 0..x.len() {
         let d = dy[j].to_f64();
-        let g = if W { d * w[j] } else { d };
-        let xhat = ((x[j].to_f64() - k.mean) - k.c) * k.rstd;
-        dx[j] = T::from_f64(k.rstd * (-xhat).mul_add(k.b, g - k.a));
         if T::WIDE {
+            let g = if W { d * w[j] } else { d };
+            let xhat = ((x[j].to_f64() - k.mean) - k.c) * k.rstd;
+            dx[j] = T::from_f64(k.rstd * (-xhat).mul_add(k.b, g - k.a));
             dw[j] = d.mul_add(xhat, dw[j]);
             db[j] += d;
-        } else {
-            // Error-free: the product's rounding error (FMA) and each sum's
-            // (TwoSum) go to the pair's second half.
-            let p = d * xhat;
-            let (s, e) = two_sum(dw[2 * j], p);
-            dw[2 * j] = s;
-            dw[2 * j + 1] += e + d.mul_add(xhat, -p);
-            let (s, e) = two_sum(db[2 * j], d);
-            db[2 * j] = s;
-            db[2 * j + 1] += e;
+            continue;
         }
+        // xhat = p + pl, from the centred pair u + ul and the rstd pair.
+        let (u0, e0) = two_sum(x[j].to_f64(), -k.mean);
+        let (u, e1) = two_sum(u0, -k.c);
+        let ul = e0 + e1;
+        let (p, pe) = two_prod(u, k.rstd);
+        let pl = u.mul_add(k.rstd_lo, ul.mul_add(k.rstd, pe));
+        // (g − a) − xhat·b as h + hl, then times rstd, rounded once.
+        let (g, gl) = if W { two_prod(d, w[j]) } else { (d, 0.0) };
+        let (xb, xbe) = two_prod(p, k.b);
+        let xbl = p.mul_add(k.b_lo, pl.mul_add(k.b, xbe));
+        let (h0, h0e) = two_sum(g, -k.a);
+        let (h, he) = two_sum(h0, -xb);
+        let hl = ((h0e + he) + (gl - k.a_lo)) - xbl;
+        let (o, oe) = two_prod(k.rstd, h);
+        dx[j] = T::from_f64(o + k.rstd.mul_add(hl, k.rstd_lo.mul_add(h, oe)));
+        // Column sums as (sum, error) pairs: dy·xhat split exactly, each
+        // addition's rounding error kept (TwoSum).
+        let (t, te) = two_prod(d, p);
+        let (s, e) = two_sum(dw[2 * j], t);
+        dw[2 * j] = s;
+        dw[2 * j + 1] += e + d.mul_add(pl, te);
+        let (s, e) = two_sum(db[2 * j], d);
+        db[2 * j] = s;
+        db[2 * j + 1] += e;
     }
 }
 
-/// [Σu, Σg, Σg·u, Σu²] for one row; Σu² only with `E` (else 0). For f64
-/// storage Σu corrects the mean, so it is kept error-free as the forward
-/// statistics keep Σd (each difference's and each addition's rounding error, by
-/// TwoSum, in `err`), and the other sums are compensated block by block.
+/// A row's sums [Σu, Σg, Σg·u, Σu²] (u = x − mean, g = dy·weight), each a pair
+/// `(sum, rest)`; Σu² only with `E` (else 0).
+type Sums = [(f64, f64); 4];
+
+/// [`Sums`] of one row. Narrow storage: plain f64 lanes, rests 0. f64 storage:
+/// every difference, product and square split exactly (TwoSum, FMA) and every
+/// sum error-free, since Σu corrects the mean and the others cancel in dx.
 #[inline(always)]
 fn row_sums<T: Element, const W: bool, const E: bool>(
     x: &[T],
     dy: &[T],
     w: &[f64],
     mean: f64,
-) -> [f64; 4] {
-    let step = |acc: &mut [Lanes; 4], err: &mut Lanes, o: usize, m: usize| {
+) -> Sums {
+    if T::WIDE {
+        let mut acc = [[0.0; LANES]; 4];
+        chunks(x.len(), 0, |o, m| {
+            let (x, dy) = (&x[o..o + m], &dy[o..o + m]);
+            let w = if W { &w[o..o + m] } else { &[][..] };
+            for j in 0..m {
+                let d = dy[j].to_f64();
+                let g = if W { d * w[j] } else { d };
+                let u = x[j].to_f64() - mean;
+                acc[0][j] += u;
+                acc[1][j] += g;
+                acc[2][j] = g.mul_add(u, acc[2][j]);
+                if E {
+                    acc[3][j] = u.mul_add(u, acc[3][j]);
+                }
+            }
+        });
+        return acc.map(|a| (reduce(a), 0.0));
+    }
+    let mut acc = [Exact::new(); 4];
+    chunks(x.len(), 0, |o, m| {
         let (x, dy) = (&x[o..o + m], &dy[o..o + m]);
         let w = if W { &w[o..o + m] } else { &[][..] };
         for j in 0..m {
             let d = dy[j].to_f64();
-            let g = if W { d * w[j] } else { d };
-            let u = if T::WIDE {
-                let u = x[j].to_f64() - mean;
-                acc[0][j] += u;
-                u
-            } else {
-                let (u, e) = two_sum(x[j].to_f64(), -mean);
-                let (s, e1) = two_sum(acc[0][j], u);
-                acc[0][j] = s;
-                err[j] += e + e1;
-                u
-            };
-            acc[1][j] += g;
-            acc[2][j] = g.mul_add(u, acc[2][j]);
+            let (g, gl) = if W { two_prod(d, w[j]) } else { (d, 0.0) };
+            let (u, ul) = two_sum(x[j].to_f64(), -mean);
+            acc[0].add(j, u);
+            acc[0].lo[j] += ul;
+            acc[1].add(j, g);
+            acc[1].lo[j] += gl;
+            let (p, pe) = two_prod(g, u);
+            acc[2].add(j, p);
+            acc[2].lo[j] += g.mul_add(ul, gl.mul_add(u, pe));
             if E {
-                acc[3][j] = u.mul_add(u, acc[3][j]);
+                let (q, qe) = two_prod(u, u);
+                acc[3].add(j, q);
+                acc[3].lo[j] += (2.0 * u).mul_add(ul, qe);
             }
-        }
-    };
-    let mut acc = [[0.0; LANES]; 4];
-    let mut err = [0.0; LANES];
-    if T::WIDE {
-        chunks(x.len(), 0, |o, m| step(&mut acc, &mut err, o, m));
-        return acc.map(reduce);
-    }
-    let mut totals = [Compensated::default(); 4];
-    let mut steps = 0;
-    chunks(x.len(), 0, |o, m| {
-        step(&mut acc, &mut err, o, m);
-        steps += 1;
-        if steps == BLOCK_STEPS || o + m == x.len() {
-            for (t, a) in totals.iter_mut().zip(&mut acc) {
-                t.add(a);
-                *a = [0.0; LANES];
-            }
-            steps = 0;
         }
     });
-    totals[0].add(&err);
-    totals.map(|t| t.total())
+    acc.map(|a| a.total())
 }
 
 /// [`row_sums`] with `E` chosen at run time.
@@ -649,7 +677,7 @@ fn row_sums_for<T: Element, const W: bool>(
     w: &[f64],
     mean: f64,
     with_squares: bool,
-) -> [f64; 4] {
+) -> Sums {
     if with_squares {
         row_sums::<T, W, true>(x, dy, w, mean)
     } else {

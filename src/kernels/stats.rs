@@ -3,9 +3,11 @@
 //! The mean is kept as an unevaluated pair `m0 + c` so that `x − mean` is formed
 //! as `(x − m0) − c` in f64 and never loses the digits an offset would take.
 //! f64 storage: pass 1 sums `x − x[0]` for a first mean `m0`; pass 2 sums
-//! `d = x − m0` and `d²` in blocks folded with TwoSum; `Σd` corrects `m0` and
-//! `Σd²` gives the variance without the cancellation of `E[x²] − E[x]²`; rows
-//! whose squares would overflow or underflow are rescaled by a power of two.
+//! `d = x − m0` and `d²` error-free (TwoSum, FMA), so `Σd` corrects `m0` and
+//! `Σd²` gives the variance to about twice f64's precision, without the
+//! cancellation of `E[x²] − E[x]²`; rows whose squares would overflow or
+//! underflow are rescaled by a power of two. `rstd` comes as a pair too, for the
+//! double-double normalisation of f64 rows (see `layer_norm::chunk`).
 //! Narrower storage: `x − x[0]` is exact in f64, so one pass of plain f64 lane
 //! sums suffices (see `one_pass_wide`).
 
@@ -16,10 +18,6 @@ use super::element::Element;
 /// levels add in the same order.
 pub const LANES: usize = 32;
 
-/// Rows of f64 storage are summed in blocks of this many lane steps before a
-/// block's partial sums are folded into the compensated totals.
-pub const BLOCK_STEPS: usize = 16;
-
 pub type Lanes = [f64; LANES];
 
 /// The statistics of one row in the form the normalise pass wants.
@@ -28,8 +26,11 @@ pub struct RowStats {
     /// `x·scale − shift − corr` is the centred value, in scaled units.
     pub shift: f64,
     pub corr: f64,
-    /// `1/sqrt(var + eps)` in scaled units (`rstd / scale`).
+    /// `1/sqrt(var + eps)` in scaled units (`rstd / scale`), and the rest of
+    /// it: `rstd_scaled + rstd_lo` carries about twice f64's precision (f64
+    /// storage; 0 for narrower types, which do not need it).
     pub rstd_scaled: f64,
+    pub rstd_lo: f64,
     /// A power of two; 1 unless the row's magnitude forced a rescale.
     pub scale: f64,
     /// `mean` and `rstd` of the unscaled row.
@@ -44,6 +45,7 @@ impl RowStats {
             shift: f64::NAN,
             corr: f64::NAN,
             rstd_scaled: f64::NAN,
+            rstd_lo: 0.0,
             scale: 1.0,
             mean: f64::NAN,
             rstd: f64::NAN,
@@ -72,46 +74,61 @@ pub fn two_sum(a: f64, b: f64) -> (f64, f64) {
     (s, (a - (s - bb)) + (b - bb))
 }
 
-/// A lane-wise compensated total: `hi + lo` carries about twice f64's precision.
-#[derive(Clone, Copy, Default)]
-pub struct Compensated {
-    hi: Lanes,
-    lo: Lanes,
+/// `(p, e)` with `p = fl(a·b)` and `a·b = p + e` exactly (FMA).
+#[inline(always)]
+pub fn two_prod(a: f64, b: f64) -> (f64, f64) {
+    let p = a * b;
+    (p, a.mul_add(b, -p))
 }
 
-impl Compensated {
+/// Lanes of error-free sums: `hi[j] + lo[j]` is lane j's total, `lo` holding
+/// every rounding error of the additions into `hi` (and whatever else the caller
+/// adds there), so the total carries about twice f64's precision.
+#[derive(Clone, Copy)]
+pub struct Exact {
+    pub hi: Lanes,
+    pub lo: Lanes,
+}
+
+impl Exact {
     #[inline(always)]
     pub fn new() -> Self {
-        Compensated {
+        Exact {
             hi: [0.0; LANES],
             lo: [0.0; LANES],
         }
     }
 
+    /// Add `v` to lane j.
     #[inline(always)]
-    pub fn add(&mut self, block: &Lanes) {
-        for j in 0..LANES {
-            let (s, e) = two_sum(self.hi[j], block[j]);
-            self.hi[j] = s;
-            self.lo[j] += e;
-        }
+    pub fn add(&mut self, j: usize, v: f64) {
+        let (s, e) = two_sum(self.hi[j], v);
+        self.hi[j] = s;
+        self.lo[j] += e;
     }
 
-    /// The total, rounded once. An infinite total stays infinite (TwoSum's
-    /// error term of an infinity is NaN).
+    /// The lanes' total as an unevaluated pair, `hi` rounded to nearest.
     #[inline(always)]
-    pub fn total(&self) -> f64 {
-        let (mut hi, mut lo) = (0.0, 0.0);
-        for j in 0..LANES {
-            let (s, e) = two_sum(hi, self.hi[j]);
-            hi = s;
-            lo += e + self.lo[j];
-        }
-        if hi.is_finite() {
-            hi + lo
-        } else {
-            hi
-        }
+    pub fn total(&self) -> (f64, f64) {
+        add_pairs((0..LANES).map(|j| (self.hi[j], self.lo[j])))
+    }
+}
+
+/// The sum of `hi + lo` pairs, in the order given, as a pair `(s, r)` with `s`
+/// the rounded total. An infinite or NaN total is returned as `(total, 0)`
+/// (TwoSum's error term of an infinity is NaN).
+#[inline(always)]
+pub fn add_pairs(parts: impl IntoIterator<Item = (f64, f64)>) -> (f64, f64) {
+    let (mut hi, mut lo) = (0.0, 0.0);
+    for (h, l) in parts {
+        let (s, e) = two_sum(hi, h);
+        hi = s;
+        lo += e + l;
+    }
+    if hi.is_finite() {
+        two_sum(hi, lo)
+    } else {
+        (hi, 0.0)
     }
 }
 
@@ -139,10 +156,19 @@ fn shifted_sum<T: Element, const SCALED: bool>(x: &[T], scale: f64, k: f64) -> f
     reduce(acc)
 }
 
-/// (Σd, Σd²) with d = x·scale − m; for f64 storage Σd to about twice f64's
-/// precision and Σd² compensated block by block.
+/// Σd and Σd² of a row's values around `m`, d = x − m. For f64 storage both
+/// are error-free to about twice f64's precision: `sum` rounded once, the
+/// squares as the pair `squares + squares_lo`. Narrower storage: plain f64
+/// lanes, `squares_lo = 0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Centred {
+    pub sum: f64,
+    pub squares: f64,
+    pub squares_lo: f64,
+}
+
 #[inline(always)]
-fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> (f64, f64) {
+fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> Centred {
     let load = |v: T| {
         if SCALED {
             v.to_f64() * scale
@@ -165,36 +191,37 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
             step(&mut s1, &mut s2, c);
         }
         step(&mut s1, &mut s2, rem);
-        return (reduce(s1), reduce(s2));
+        return Centred {
+            sum: reduce(s1),
+            squares: reduce(s2),
+            squares_lo: 0.0,
+        };
     }
-    // Σd is what corrects the mean, so every addition is error-free: the lanes
-    // keep each difference's and each sum's rounding error (TwoSum) in `err`.
-    // Σd² only sets the variance and is folded block by block.
-    let step = |s1: &mut Lanes, s2: &mut Lanes, err: &mut Lanes, c: &[T]| {
+    // The difference x − m is d + e exactly (TwoSum), and its square
+    // d² + 2de (+ e², below the pair's precision), with d² split exactly by FMA.
+    let step = |s1: &mut Exact, s2: &mut Exact, c: &[T]| {
         for j in 0..c.len().min(LANES) {
             let (d, e) = two_sum(load(c[j]), -m);
-            let (s, e1) = two_sum(s1[j], d);
-            s1[j] = s;
-            err[j] += e + e1;
-            s2[j] = d.mul_add(d, s2[j]);
+            s1.add(j, d);
+            s1.lo[j] += e;
+            let (p, pe) = two_prod(d, d);
+            s2.add(j, p);
+            s2.lo[j] += (2.0 * d).mul_add(e, pe);
         }
     };
-    let mut t2 = Compensated::default();
-    let (mut s1, mut err) = ([0.0; LANES], [0.0; LANES]);
-    for block in x.chunks(LANES * BLOCK_STEPS) {
-        let mut s2 = [0.0; LANES];
-        let chunks = block.chunks_exact(LANES);
-        let rem = chunks.remainder();
-        for c in chunks {
-            step(&mut s1, &mut s2, &mut err, c);
-        }
-        step(&mut s1, &mut s2, &mut err, rem);
-        t2.add(&s2);
+    let (mut s1, mut s2) = (Exact::new(), Exact::new());
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        step(&mut s1, &mut s2, c);
     }
-    let mut t1 = Compensated::default();
-    t1.add(&s1);
-    t1.add(&err);
-    (t1.total(), t2.total())
+    step(&mut s1, &mut s2, rem);
+    let (squares, squares_lo) = s2.total();
+    Centred {
+        sum: s1.total().0,
+        squares,
+        squares_lo,
+    }
 }
 
 /// Rows from this length on are summed in fixed blocks of `SPLIT_BLOCK`
@@ -208,8 +235,8 @@ pub const SPLIT_BLOCK: usize = 1 << 14;
 pub trait RowSums<T: Element> {
     /// Σ (x − k).
     fn shifted_sum(&self, x: &[T], k: f64) -> f64;
-    /// (Σd, Σd²) with d = x − m.
-    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64);
+    /// Σd and Σd² with d = x − m.
+    fn centred_sums(&self, x: &[T], m: f64) -> Centred;
 }
 
 /// A short row: its sums in one go.
@@ -221,20 +248,21 @@ impl<T: Element> RowSums<T> for Whole {
         shifted_sum::<T, false>(x, 1.0, k)
     }
     #[inline(always)]
-    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
+    fn centred_sums(&self, x: &[T], m: f64) -> Centred {
         centred_sums::<T, false>(x, 1.0, m)
     }
 }
 
 /// The sums of one block of a long row; what `RowSums` implementations that
-/// split rows compute per block before adding the blocks with [`add_blocks`].
+/// split rows compute per block before adding the blocks with [`add_blocks`]
+/// and [`add_centred`].
 #[inline(always)]
 pub fn block_shifted_sum<T: Element>(x: &[T], k: f64) -> f64 {
     shifted_sum::<T, false>(x, 1.0, k)
 }
 
 #[inline(always)]
-pub fn block_centred_sums<T: Element>(x: &[T], m: f64) -> (f64, f64) {
+pub fn block_centred_sums<T: Element>(x: &[T], m: f64) -> Centred {
     centred_sums::<T, false>(x, 1.0, m)
 }
 
@@ -243,16 +271,21 @@ pub fn add_blocks<T: Element>(parts: impl IntoIterator<Item = f64>) -> f64 {
     if T::WIDE {
         return parts.into_iter().sum();
     }
-    let (mut hi, mut lo) = (0.0, 0.0);
-    for p in parts {
-        let (s, e) = two_sum(hi, p);
-        hi = s;
-        lo += e;
-    }
-    if hi.is_finite() {
-        hi + lo
+    add_pairs(parts.into_iter().map(|p| (p, 0.0))).0
+}
+
+/// Add per-block centred sums in block order, as [`add_blocks`] does; for f64
+/// storage the squares stay a pair.
+pub fn add_centred<T: Element>(parts: &[Centred]) -> Centred {
+    let (squares, squares_lo) = if T::WIDE {
+        (parts.iter().map(|p| p.squares).sum(), 0.0)
     } else {
-        hi
+        add_pairs(parts.iter().map(|p| (p.squares, p.squares_lo)))
+    };
+    Centred {
+        sum: add_blocks::<T>(parts.iter().map(|p| p.sum)),
+        squares,
+        squares_lo,
     }
 }
 
@@ -272,43 +305,68 @@ impl<T: Element> RowSums<T> for Blocks {
         add_blocks::<T>(parts)
     }
     #[inline(always)]
-    fn centred_sums(&self, x: &[T], m: f64) -> (f64, f64) {
-        let (mut s1, mut s2) = (Vec::new(), Vec::new());
+    fn centred_sums(&self, x: &[T], m: f64) -> Centred {
+        let mut parts = Vec::with_capacity(x.len().div_ceil(SPLIT_BLOCK));
         for b in x.chunks(SPLIT_BLOCK) {
-            let (a, c) = block_centred_sums(b, m);
-            s1.push(a);
-            s2.push(c);
+            parts.push(block_centred_sums(b, m));
         }
-        (add_blocks::<T>(s1), add_blocks::<T>(s2))
+        add_centred::<T>(&parts)
     }
 }
 
-/// (first mean, correction, variance) by the corrected two-pass scheme. The
-/// variance may come out slightly negative (or non-finite): see `non_negative`.
-#[inline(always)]
-fn two_pass<T: Element>(x: &[T], sums: &impl RowSums<T>) -> (f64, f64, f64) {
-    let k = x[0].to_f64();
-    let m0 = k + sums.shifted_sum(x, k) / x.len() as f64;
-    corrected(x, sums, m0)
+/// A row's mean as `m0 + corr` and its variance as the pair `var + var_lo`.
+/// The variance may come out slightly negative (or non-finite): see
+/// `variance`.
+#[derive(Clone, Copy)]
+struct Moments {
+    m0: f64,
+    corr: f64,
+    var: f64,
+    var_lo: f64,
 }
 
+impl Moments {
+    /// From the sums of `n` values around `m0`: Σ(d − c)² = Σd² − n·c² with
+    /// `c = Σd/n`; c is tiny next to the spread, so no cancellation.
+    #[inline(always)]
+    fn around(m0: f64, s: Centred, n: f64) -> Self {
+        let corr = s.sum / n;
+        let (var, var_lo) = div_pair((s.squares, s.squares_lo), n);
+        Moments {
+            m0,
+            corr,
+            var,
+            var_lo: var_lo - corr * corr,
+        }
+    }
+}
+
+/// The pair `(h + l)/n` as a pair: the quotient and, from the division's
+/// remainder (exact by FMA), the rest; `(q, 0)` for a non-finite quotient.
 #[inline(always)]
-fn corrected<T: Element>(x: &[T], sums: &impl RowSums<T>, m0: f64) -> (f64, f64, f64) {
-    let n = x.len() as f64;
-    let (s1, s2) = sums.centred_sums(x, m0);
-    let corr = s1 / n;
-    // Σ(d − c)² = Σd² − n·c²; c is tiny next to the spread, so no cancellation.
-    (m0, corr, s2 / n - corr * corr)
+pub fn div_pair((h, l): (f64, f64), n: f64) -> (f64, f64) {
+    let q = h / n;
+    if q.is_finite() {
+        (q, ((-q).mul_add(n, h) + l) / n)
+    } else {
+        (q, 0.0)
+    }
+}
+
+/// The corrected two-pass scheme.
+#[inline(always)]
+fn two_pass<T: Element>(x: &[T], sums: &impl RowSums<T>) -> Moments {
+    let k = x[0].to_f64();
+    let m0 = k + sums.shifted_sum(x, k) / x.len() as f64;
+    Moments::around(m0, sums.centred_sums(x, m0), x.len() as f64)
 }
 
 /// The two passes on `x·scale` (the rare rescaled f64 row), whole.
-fn two_pass_scaled<T: Element>(x: &[T], scale: f64) -> (f64, f64, f64) {
+fn two_pass_scaled<T: Element>(x: &[T], scale: f64) -> Moments {
     let n = x.len() as f64;
     let k = x[0].to_f64() * scale;
     let m0 = k + shifted_sum::<T, true>(x, scale, k) / n;
-    let (s1, s2) = centred_sums::<T, true>(x, scale, m0);
-    let corr = s1 / n;
-    (m0, corr, s2 / n - corr * corr)
+    Moments::around(m0, centred_sums::<T, true>(x, scale, m0), n)
 }
 
 /// Narrow storage in one pass: `u = x − x[0]` is exact in f64, so Σu and Σu²
@@ -316,49 +374,55 @@ fn two_pass_scaled<T: Element>(x: &[T], scale: f64) -> (f64, f64, f64) {
 /// past 32 standard deviations (2^10 in variance) a second pass around the
 /// mean takes over, so at most 10 of f64's 53 bits are ever lost.
 #[inline(always)]
-fn one_pass_wide<T: Element>(x: &[T], sums: &impl RowSums<T>) -> (f64, f64, f64) {
+fn one_pass_wide<T: Element>(x: &[T], sums: &impl RowSums<T>) -> Moments {
     let n = x.len() as f64;
     let k = x[0].to_f64();
-    let (s1, s2) = sums.centred_sums(x, k);
-    let corr = s1 / n;
-    let var = s2 / n - corr * corr;
-    if corr * corr > var * 1024.0 {
-        return corrected(x, sums, k + corr);
+    let first = Moments::around(k, sums.centred_sums(x, k), n);
+    if first.corr * first.corr > (first.var + first.var_lo) * 1024.0 {
+        let m0 = k + first.corr;
+        return Moments::around(m0, sums.centred_sums(x, m0), n);
     }
-    (k, corr, var)
+    first
 }
 
-/// Clamp a rounding-negative variance to 0, keeping NaN (f64::max would not).
-#[inline(always)]
-fn non_negative(v: f64) -> f64 {
-    if v < 0.0 {
-        0.0
-    } else {
-        v
-    }
-}
-
-/// `1/sqrt(a + b)` to within about half an ulp: `1/sqrt` of the rounded sum
+/// `1/sqrt(v + v_lo + eps)` as a pair `(r, r_lo)`: `r` within about half an
+/// ulp, `r + r_lo` to about twice f64's precision. `1/sqrt` of the rounded sum
 /// errs by up to ~1.5 ulp, so one Newton step follows, its residual
-/// `1 − (a + b)·r²` formed exactly with FMA (always correctly rounded, so every
-/// SIMD level gets the same bits). Once per row: the cost does not matter.
+/// `1 − (v + v_lo + eps)·r²` formed exactly with FMA (always correctly rounded,
+/// so every SIMD level gets the same bits); the step itself is the pair.
+/// Once per row: the cost does not matter.
 #[inline(always)]
-pub fn inv_sqrt_sum(a: f64, b: f64) -> f64 {
-    let (v, v_lo) = two_sum(a, b);
+pub fn inv_sqrt_sum(v: f64, v_lo: f64, eps: f64) -> (f64, f64) {
+    let (v, e) = two_sum(v, eps);
+    let v_lo = e + v_lo;
     let r = 1.0 / v.sqrt();
     if !(r.is_finite() && r > 0.0 && v.is_normal()) {
-        return r;
+        return (r, 0.0);
     }
-    let p = r * r;
-    let p_lo = r.mul_add(r, -p);
-    let q = v * p;
-    let q_lo = v.mul_add(p, -q);
+    let (p, p_lo) = two_prod(r, r);
+    let (q, q_lo) = two_prod(v, p);
     let residual = ((1.0 - q) - q_lo) - (v * p_lo + v_lo * p);
-    r + (0.5 * r) * residual
+    two_sum(r, (0.5 * r) * residual)
 }
 
 /// Squares of f64 values below this would lose bits to underflow.
 const TINY_SQUARES: f64 = 1.0e-280;
+
+/// The variance pair, clamped at 0 (a rounding-negative variance); NaN when
+/// the row holds a NaN or an infinity.
+#[inline(always)]
+fn variance(m: &Moments) -> (f64, f64) {
+    let total = m.var + m.var_lo;
+    if total.is_nan() {
+        (f64::NAN, 0.0)
+    } else if m.var.is_infinite() {
+        (m.var, 0.0)
+    } else if total <= 0.0 {
+        (0.0, 0.0)
+    } else {
+        two_sum(m.var, m.var_lo)
+    }
+}
 
 /// LayerNorm's statistics of one row for `eps ≥ 0`, the sums taken by `sums`.
 #[inline(always)]
@@ -366,27 +430,38 @@ pub fn row_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> 
     if x.is_empty() {
         return RowStats::empty();
     }
-    let (m0, corr, var) = if T::WIDE {
+    let m = if T::WIDE {
         one_pass_wide(x, sums)
     } else {
         two_pass(x, sums)
     };
     let needs_rescale = !T::WIDE
-        && (!var.is_finite() || !m0.is_finite() || (var < TINY_SQUARES && eps < TINY_SQUARES));
+        && (!m.var.is_finite()
+            || !m.m0.is_finite()
+            || (m.var < TINY_SQUARES && eps < TINY_SQUARES));
     if needs_rescale {
         if let Some(stats) = rescaled(Norm::Layer, x, eps) {
             return stats;
         }
     }
-    let rstd = inv_sqrt_sum(non_negative(var), eps);
+    let (var, var_lo) = variance(&m);
+    let (rstd, rstd_lo) = inv_sqrt_sum(var, var_lo, eps);
     RowStats {
-        shift: m0,
-        corr,
+        shift: m.m0,
+        corr: m.corr,
         rstd_scaled: rstd,
+        rstd_lo,
         scale: 1.0,
-        mean: m0 + corr,
+        mean: m.m0 + m.corr,
         rstd,
     }
+}
+
+/// `1/sqrt(var + eps)` as a pair from the sums of `n` values around a mean
+/// that `s.sum` corrects (0 for RMSNorm): what the backward pass recomputes.
+pub fn rstd_from(s: Centred, n: f64, eps: f64) -> (f64, f64) {
+    let (var, var_lo) = variance(&Moments::around(0.0, s, n));
+    inv_sqrt_sum(var, var_lo, eps)
 }
 
 /// Which normalisation: LayerNorm centres each row on its mean, RMSNorm does not.
@@ -408,6 +483,13 @@ pub fn norm_stats<T: Element>(norm: Norm, x: &[T], eps: f64) -> RowStats {
     }
 }
 
+/// The mean square Σx²/n as a pair.
+#[inline(always)]
+fn mean_square(s: Centred, n: f64) -> Moments {
+    let s = Centred { sum: 0.0, ..s };
+    Moments::around(0.0, s, n)
+}
+
 /// RMSNorm's statistics: `rstd = 1/sqrt(Σx²/n + eps)`, no shift. f64 rows whose
 /// squares overflow or underflow are rescaled as LayerNorm's are.
 #[inline(always)]
@@ -415,19 +497,21 @@ pub fn rms_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> 
     if x.is_empty() {
         return RowStats::empty();
     }
-    let (_, s2) = sums.centred_sums(x, 0.0);
-    let ms = s2 / x.len() as f64;
-    let needs_rescale = !T::WIDE && (!ms.is_finite() || (ms < TINY_SQUARES && eps < TINY_SQUARES));
+    let ms = mean_square(sums.centred_sums(x, 0.0), x.len() as f64);
+    let needs_rescale =
+        !T::WIDE && (!ms.var.is_finite() || (ms.var < TINY_SQUARES && eps < TINY_SQUARES));
     if needs_rescale {
         if let Some(stats) = rescaled(Norm::Rms, x, eps) {
             return stats;
         }
     }
-    let rstd = inv_sqrt_sum(ms, eps);
+    let (var, var_lo) = variance(&ms);
+    let (rstd, rstd_lo) = inv_sqrt_sum(var, var_lo, eps);
     RowStats {
         shift: 0.0,
         corr: 0.0,
         rstd_scaled: rstd,
+        rstd_lo,
         scale: 1.0,
         mean: 0.0,
         rstd,
@@ -452,34 +536,27 @@ fn rescaled<T: Element>(norm: Norm, x: &[T], eps: f64) -> Option<RowStats> {
         return None;
     }
     let scale = pow2(-exponent(amax));
-    let (m0, corr, var) = match norm {
+    let m = match norm {
         Norm::Layer => two_pass_scaled(x, scale),
-        Norm::Rms => (
-            0.0,
-            0.0,
-            centred_sums::<T, true>(x, scale, 0.0).1 / x.len() as f64,
-        ),
+        Norm::Rms => mean_square(centred_sums::<T, true>(x, scale, 0.0), x.len() as f64),
     };
-    let var = non_negative(var);
+    let (var, var_lo) = variance(&m);
     let eps_scaled = eps * scale * scale;
-    let rstd_scaled = inv_sqrt_sum(var, eps_scaled);
-    let rstd = if eps_scaled.is_finite() {
-        rstd_scaled * scale
+    let (rstd_scaled, rstd_lo) = inv_sqrt_sum(var, var_lo, eps_scaled);
+    let (rstd, rstd_scaled, rstd_lo) = if eps_scaled.is_finite() {
+        (rstd_scaled * scale, rstd_scaled, rstd_lo)
     } else {
         // eps dwarfs a variance this small.
-        1.0 / eps.sqrt()
-    };
-    let rstd_scaled = if eps_scaled.is_finite() {
-        rstd_scaled
-    } else {
-        rstd / scale
+        let rstd = 1.0 / eps.sqrt();
+        (rstd, rstd / scale, 0.0)
     };
     Some(RowStats {
-        shift: m0,
-        corr,
+        shift: m.m0,
+        corr: m.corr,
         rstd_scaled,
+        rstd_lo,
         scale,
-        mean: (m0 + corr) / scale,
+        mean: (m.m0 + m.corr) / scale,
         rstd,
     })
 }
