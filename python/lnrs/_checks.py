@@ -11,16 +11,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._dlpack import KDL_CPU, bfloat16_view
+
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 # Storage dtypes the native kernels take, and the dtype of their mean/rstd
 # (and, for the half types, of dweight/dbias). bfloat16 is ml_dtypes' dtype,
-# known by name so that lnrs never imports ml_dtypes itself.
+# known by name so that lnrs imports ml_dtypes only to read a bfloat16 DLPack tensor.
 STAT_DTYPE = {F32: F32, F64: F64, np.dtype(np.float16): F32}
 DTYPES = "float16, bfloat16, float32 or float64"
-
-
-# DLPack's kDLCPU.
-_DLPACK_CPU = 1
 
 
 def is_bfloat16(dtype: np.dtype) -> bool:
@@ -49,24 +47,37 @@ def c_aligned(a: np.ndarray) -> np.ndarray:
     return np.array(a, order="C", copy=True)
 
 
+def bfloat16_or_error(x, name: str, error: str) -> np.ndarray:
+    """`x`, which NumPy failed to read, by lnrs's own DLPack reader when it is a
+    bfloat16 tensor (NumPy cannot read those); else TypeError(`error`), NumPy's
+    failure told in the caller's words."""
+    view = bfloat16_view(x, name) if hasattr(x, "__dlpack__") else None
+    if view is None:
+        raise TypeError(error)
+    return view
+
+
 def float_array(x, name: str) -> np.ndarray:
     """`x` as an ndarray of a supported float dtype: without copying an ndarray
     or a DLPack or buffer-protocol producer on the CPU (unless its byte order
-    is not the machine's)."""
+    is not the machine's). A bfloat16 DLPack tensor, which NumPy cannot read,
+    becomes an ml_dtypes.bfloat16 view through lnrs's own reader."""
     if not isinstance(x, np.ndarray):
         if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
             device = x.__dlpack_device__()
-            if int(device[0]) != _DLPACK_CPU:
+            if int(device[0]) != KDL_CPU:
                 raise TypeError(
-                    f"{name} must be on the CPU (DLPack device type {_DLPACK_CPU}), "
+                    f"{name} must be on the CPU (DLPack device type {KDL_CPU}), "
                     f"got device {tuple(device)}"
                 )
         try:
             x = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
         except (TypeError, ValueError, BufferError, RuntimeError) as e:
-            raise TypeError(
-                f"{name} must be an array of {DTYPES}, got {type(x).__name__}: {e}"
-            ) from None
+            error = f"{name} must be an array of {DTYPES}, got {type(x).__name__}: {e}"
+        else:
+            error = None
+        if error is not None:
+            x = bfloat16_or_error(x, name, error)
     if not is_storage(x.dtype):
         native = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else None
         if native is None or not is_storage(native):
@@ -131,7 +142,11 @@ def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarra
         try:
             p = np.asarray(p)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be an array of real numbers: {e}") from None
+            error = f"{name} must be an array of real numbers: {e}"
+        else:
+            error = None
+        if error is not None:  # as a torch bfloat16 tensor is
+            p = bfloat16_or_error(p, name, error)
     if p.dtype.kind not in "biuf" and not is_bfloat16(p.dtype):
         raise TypeError(f"{name} must hold real numbers, got dtype {p.dtype}")
     if p.shape != dims:
