@@ -533,13 +533,14 @@ fn chunk<T: Element, const W: bool, const B: bool, const SCALED: bool>(
 /// `((v − shift) − corr)·rstd·w + b` for f64 storage, in double-double steps and
 /// rounded once at the end: where `xhat·w` and `b` cancel, the digits of xhat
 /// beyond f64 become the leading digits of the result. The centred value is the
-/// pair `d + dl` (TwoSum twice), xhat `p + pl` against the rstd pair, xhat·w
-/// `q + ql` (FMA), and the sum with b is TwoSum.
+/// pair `d + dl` (TwoSum against the mean as a pair `m + ml`, a per-row
+/// constant), xhat `p + pl` against the rstd pair, xhat·w `q + ql` (FMA), and
+/// the sum with b is TwoSum.
 #[inline(always)]
 fn exact_affine<const W: bool, const B: bool>(v: f64, s: &RowStats, w: f64, b: f64) -> f64 {
-    let (d0, e0) = two_sum(v, -s.shift);
-    let (d, e1) = two_sum(d0, -s.corr);
-    let dl = e0 + e1;
+    let (m, ml) = two_sum(s.shift, s.corr);
+    let (d, e) = two_sum(v, -m);
+    let dl = e - ml;
     let (p, pe) = two_prod(d, s.rstd_scaled);
     let pl = d.mul_add(s.rstd_lo, dl.mul_add(s.rstd_scaled, pe));
     let (q, ql) = if W {

@@ -14,8 +14,8 @@
 use super::element::{Element, Param};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
-    add_blocks, add_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, LANES,
-    LONG_ROW, SPLIT_BLOCK,
+    add_blocks, add_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, Lanes,
+    LANES, LONG_ROW, SPLIT_BLOCK,
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
@@ -365,25 +365,6 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
     }
 }
 
-/// Call `f(offset, len)` over a row of `n`: a `head` of fewer than LANES
-/// elements, then chunks of LANES, then the tail. Full chunks have a length
-/// known at compile time, which is what vectorises.
-#[inline(always)]
-fn chunks(n: usize, head: usize, mut f: impl FnMut(usize, usize)) {
-    if head > 0 {
-        f(0, head);
-    }
-    let full = head + (n - head) / LANES * LANES;
-    let mut o = head;
-    while o < full {
-        f(o, LANES);
-        o += LANES;
-    }
-    if full < n {
-        f(full, n - full);
-    }
-}
-
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn backward_row<T: Element, const W: bool>(
@@ -618,6 +599,9 @@ type Sums = [(f64, f64); 4];
 /// [`Sums`] of one row. Narrow storage: plain f64 lanes, rests 0. f64 storage:
 /// every difference, product and square split exactly (TwoSum, FMA) and every
 /// sum error-free, since Σu corrects the mean and the others cancel in dx.
+/// Plain loops over LANES-long chunks (a length known at compile time, which is
+/// what vectorises) calling inlined functions: a closure may be compiled out of
+/// line, and then without the caller's SIMD target features.
 #[inline(always)]
 fn row_sums<T: Element, const W: bool, const E: bool>(
     x: &[T],
@@ -625,48 +609,79 @@ fn row_sums<T: Element, const W: bool, const E: bool>(
     w: &[f64],
     mean: f64,
 ) -> Sums {
+    let n = x.len();
+    let full = n / LANES * LANES;
+    let wr = |r: std::ops::Range<usize>| if W { &w[r] } else { &[][..] };
     if T::WIDE {
         let mut acc = [[0.0; LANES]; 4];
-        chunks(x.len(), 0, |o, m| {
-            let (x, dy) = (&x[o..o + m], &dy[o..o + m]);
-            let w = if W { &w[o..o + m] } else { &[][..] };
-            for j in 0..m {
-                let d = dy[j].to_f64();
-                let g = if W { d * w[j] } else { d };
-                let u = x[j].to_f64() - mean;
-                acc[0][j] += u;
-                acc[1][j] += g;
-                acc[2][j] = g.mul_add(u, acc[2][j]);
-                if E {
-                    acc[3][j] = u.mul_add(u, acc[3][j]);
-                }
-            }
-        });
+        let mut o = 0;
+        while o < full {
+            let r = o..o + LANES;
+            wide_sums::<T, W, E>(&mut acc, &x[r.clone()], &dy[r.clone()], wr(r), mean);
+            o += LANES;
+        }
+        wide_sums::<T, W, E>(&mut acc, &x[full..], &dy[full..], wr(full..n), mean);
         return acc.map(|a| (reduce(a), 0.0));
     }
     let mut acc = [Exact::new(); 4];
-    chunks(x.len(), 0, |o, m| {
-        let (x, dy) = (&x[o..o + m], &dy[o..o + m]);
-        let w = if W { &w[o..o + m] } else { &[][..] };
-        for j in 0..m {
-            let d = dy[j].to_f64();
-            let (g, gl) = if W { two_prod(d, w[j]) } else { (d, 0.0) };
-            let (u, ul) = two_sum(x[j].to_f64(), -mean);
-            acc[0].add(j, u);
-            acc[0].lo[j] += ul;
-            acc[1].add(j, g);
-            acc[1].lo[j] += gl;
-            let (p, pe) = two_prod(g, u);
-            acc[2].add(j, p);
-            acc[2].lo[j] += g.mul_add(ul, gl.mul_add(u, pe));
-            if E {
-                let (q, qe) = two_prod(u, u);
-                acc[3].add(j, q);
-                acc[3].lo[j] += (2.0 * u).mul_add(ul, qe);
-            }
-        }
-    });
+    let mut o = 0;
+    while o < full {
+        let r = o..o + LANES;
+        exact_sums::<T, W, E>(&mut acc, &x[r.clone()], &dy[r.clone()], wr(r), mean);
+        o += LANES;
+    }
+    exact_sums::<T, W, E>(&mut acc, &x[full..], &dy[full..], wr(full..n), mean);
     acc.map(|a| a.total())
+}
+
+/// Add up to LANES elements into the plain lanes of [`row_sums`].
+#[inline(always)]
+fn wide_sums<T: Element, const W: bool, const E: bool>(
+    acc: &mut [Lanes; 4],
+    x: &[T],
+    dy: &[T],
+    w: &[f64],
+    mean: f64,
+) {
+    for j in 0..x.len().min(LANES) {
+        let d = dy[j].to_f64();
+        let g = if W { d * w[j] } else { d };
+        let u = x[j].to_f64() - mean;
+        acc[0][j] += u;
+        acc[1][j] += g;
+        acc[2][j] = g.mul_add(u, acc[2][j]);
+        if E {
+            acc[3][j] = u.mul_add(u, acc[3][j]);
+        }
+    }
+}
+
+/// Add up to LANES elements into the error-free lanes of [`row_sums`].
+#[inline(always)]
+fn exact_sums<T: Element, const W: bool, const E: bool>(
+    acc: &mut [Exact; 4],
+    x: &[T],
+    dy: &[T],
+    w: &[f64],
+    mean: f64,
+) {
+    for j in 0..x.len().min(LANES) {
+        let d = dy[j].to_f64();
+        let (g, gl) = if W { two_prod(d, w[j]) } else { (d, 0.0) };
+        let (u, ul) = two_sum(x[j].to_f64(), -mean);
+        acc[0].add(j, u);
+        acc[0].lo[j] += ul;
+        acc[1].add(j, g);
+        acc[1].lo[j] += gl;
+        let (p, pe) = two_prod(g, u);
+        acc[2].add(j, p);
+        acc[2].lo[j] += g.mul_add(ul, gl.mul_add(u, pe));
+        if E {
+            let (q, qe) = two_prod(u, u);
+            acc[3].add(j, q);
+            acc[3].lo[j] += (2.0 * u).mul_add(ul, qe);
+        }
+    }
 }
 
 /// [`row_sums`] with `E` chosen at run time.
