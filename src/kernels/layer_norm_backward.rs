@@ -623,7 +623,7 @@ fn row_sums<T: Element, const W: bool, const E: bool>(
         wide_sums::<T, W, E>(&mut acc, &x[full..], &dy[full..], wr(full..n), mean);
         return acc.map(|a| (reduce(a), 0.0));
     }
-    let mut acc = [Exact::new(); 4];
+    let mut acc = [Exact::default(); 4];
     let mut o = 0;
     while o < full {
         let r = o..o + LANES;

@@ -84,21 +84,13 @@ pub fn two_prod(a: f64, b: f64) -> (f64, f64) {
 /// Lanes of error-free sums: `hi[j] + lo[j]` is lane j's total, `lo` holding
 /// every rounding error of the additions into `hi` (and whatever else the caller
 /// adds there), so the total carries about twice f64's precision.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Exact {
     pub hi: Lanes,
     pub lo: Lanes,
 }
 
 impl Exact {
-    #[inline(always)]
-    pub fn new() -> Self {
-        Exact {
-            hi: [0.0; LANES],
-            lo: [0.0; LANES],
-        }
-    }
-
     /// Add `v` to lane j.
     #[inline(always)]
     pub fn add(&mut self, j: usize, v: f64) {
@@ -209,7 +201,7 @@ fn centred_sums<T: Element, const SCALED: bool>(x: &[T], scale: f64, m: f64) -> 
             s2.lo[j] += (2.0 * d).mul_add(e, pe);
         }
     };
-    let (mut s1, mut s2) = (Exact::new(), Exact::new());
+    let (mut s1, mut s2) = (Exact::default(), Exact::default());
     let chunks = x.chunks_exact(LANES);
     let rem = chunks.remainder();
     for c in chunks {
