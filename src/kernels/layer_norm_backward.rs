@@ -14,8 +14,8 @@
 use super::element::{Element, Param};
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
-    add_blocks, add_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, Lanes,
-    LANES, LONG_ROW, SPLIT_BLOCK,
+    add_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, Lanes, LANES,
+    LONG_ROW, SPLIT_BLOCK,
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
 use super::KernelError;
@@ -284,23 +284,45 @@ impl<T: Element> Kernel for ApplyBlock<'_, T> {
     }
 }
 
-/// Add the blocks' column sums in block order (compensated for f64 storage).
+/// Add the blocks' column sums in block order (compensated for f64 storage):
+/// block after block into running totals, contiguous, so the loop vectorises.
 fn merge_columns<T: Element>(
     partials: &[f64],
     cols: usize,
     dweight: &mut [T::Stat],
     dbias: &mut [T::Stat],
 ) {
-    let per = per::<T>();
-    let blocks = partials.chunks_exact(2 * per * cols);
-    for (j, (dw, db)) in dweight.iter_mut().zip(dbias.iter_mut()).enumerate() {
-        let column = |at: usize| {
-            blocks
-                .clone()
-                .flat_map(move |p| p[at..at + per].iter().copied())
-        };
-        *dw = T::Stat::from_f64(add_blocks::<T>(column(per * j)));
-        *db = T::Stat::from_f64(add_blocks::<T>(column(per * (cols + j))));
+    let len = 2 * per::<T>() * cols;
+    let mut total = vec![0.0f64; len];
+    for p in partials.chunks_exact(len) {
+        if T::WIDE {
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        } else {
+            // (sum, error) pairs, as `grad` leaves them.
+            for (t, v) in total.chunks_exact_mut(2).zip(p.chunks_exact(2)) {
+                let (s, e) = two_sum(t[0], v[0]);
+                t[0] = s;
+                t[1] += e + v[1];
+            }
+        }
+    }
+    let value = |i: usize| {
+        if T::WIDE {
+            total[i]
+        } else {
+            let (hi, lo) = (total[2 * i], total[2 * i + 1]);
+            if hi.is_finite() {
+                hi + lo
+            } else {
+                hi
+            }
+        }
+    };
+    for j in 0..cols {
+        dweight[j] = T::Stat::from_f64(value(j));
+        dbias[j] = T::Stat::from_f64(value(cols + j));
     }
 }
 
@@ -419,6 +441,8 @@ fn add_sums<T: Element>(parts: &[Sums]) -> Sums {
 impl RowConsts {
     /// From a row's sums. `mean` None: RMSNorm, nothing centred. With `eps`,
     /// rstd comes from the row's own Σu² rather than the `rstd` given.
+    /// Inlined, so that its FMAs are compiled with the caller's target features.
+    #[inline(always)]
     fn new(
         [su, sg, sgu, suu]: Sums,
         n: usize,

@@ -451,6 +451,7 @@ pub fn row_stats_with<T: Element>(x: &[T], eps: f64, sums: &impl RowSums<T>) -> 
 
 /// `1/sqrt(var + eps)` as a pair from the sums of `n` values around a mean
 /// that `s.sum` corrects (0 for RMSNorm): what the backward pass recomputes.
+#[inline(always)]
 pub fn rstd_from(s: Centred, n: f64, eps: f64) -> (f64, f64) {
     let (var, var_lo) = variance(&Moments::around(0.0, s, n));
     inv_sqrt_sum(var, var_lo, eps)
