@@ -615,6 +615,35 @@ mod tests {
     }
 
     #[test]
+    fn rstd_pair_carries_twice_f64s_precision() {
+        // (r + r_lo)²·v = 1 to about 2^-104: the residual taken in pieces that
+        // are exact (two_prod) or far below it.
+        for (v, v_lo) in [(2.0, 0.0), (3.0, 1e-17), (1.25e-7, 0.0), (7.0e30, -3.0e14)] {
+            let (r, r_lo) = inv_sqrt_sum(v, v_lo, 0.0);
+            assert!(r_lo.abs() <= 0.5 * r * f64::EPSILON, "{v}: r_lo {r_lo}");
+            let (p, pe) = two_prod(r, r);
+            let (q, qe) = two_prod(p, v);
+            let rest = qe + pe * v + p * v_lo + 2.0 * r * r_lo * v;
+            let residual = (q - 1.0) + rest;
+            assert!(residual.abs() < 2f64.powi(-100), "{v}: residual {residual:e}");
+        }
+        // Without the low part the same test fails: the pair is doing the work.
+        let (r, _) = inv_sqrt_sum(2.0, 0.0, 0.0);
+        let (p, pe) = two_prod(r, r);
+        assert!(((2.0 * p - 1.0) + 2.0 * pe).abs() > 2f64.powi(-60));
+    }
+
+    #[test]
+    fn f64_squares_are_summed_to_twice_f64s_precision() {
+        // d = ±(1 + 2^-40): d² = 1 + 2^-39 + 2^-80, whose last term f64 drops.
+        let d = 1.0 + 2f64.powi(-40);
+        let s = centred_sums::<f64, false>(&[d, -d, d, -d], 1.0, 0.0);
+        assert_eq!(s.sum, 0.0);
+        assert_eq!(s.squares, 4.0 + 2f64.powi(-37));
+        assert_eq!(s.squares_lo, 2f64.powi(-78));
+    }
+
+    #[test]
     fn offset_rows_keep_their_variance() {
         // 1e8 + {0, 1, 2, 3}: variance 1.25 exactly.
         let x: Vec<f64> = (0..4).map(|i| 1.0e8 + i as f64).collect();
