@@ -8,6 +8,7 @@ use _lnrs::kernels::simd::{supported_levels, Level};
 use _lnrs::kernels::stats::Norm;
 use _lnrs::kernels::triad::triad;
 use _lnrs::parallel;
+use half::{bf16, f16};
 use std::time::Instant;
 
 fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
@@ -84,6 +85,16 @@ fn limit<T: Element>(level: Level, rows: usize, cols: usize) -> f64 {
     best_of(reps, || triad(level, &x, &mut y, cols, 1.5, 0.25).unwrap())
 }
 
+/// The op's time and the triad's over the same storage type.
+fn run<T: Element>(
+    op: fn(Level, usize, usize) -> f64,
+    level: Level,
+    rows: usize,
+    cols: usize,
+) -> (f64, f64) {
+    (op(level, rows, cols), limit::<T>(level, rows, cols))
+}
+
 /// `cargo bench --bench kernels [-- FILTER...]`: only the cases whose label
 /// (e.g. "forward f32 8192x4096 avx512 threads 2") contains every FILTER.
 fn main() {
@@ -100,30 +111,26 @@ fn main() {
                 for (op, arrays, name, size) in [
                     ("forward", 2, "f32", 4),
                     ("forward", 2, "f64", 8),
+                    ("forward", 2, "f16", 2),
+                    ("forward", 2, "bf16", 2),
                     ("backward", 3, "f32", 4),
                     ("backward", 3, "f64", 8),
+                    ("backward", 3, "f16", 2),
+                    ("backward", 3, "bf16", 2),
                 ] {
                     let label = format!("{op} {name} {rows}x{cols} {level} threads {threads}");
                     if !wanted(&label) {
                         continue;
                     }
                     let (t, triad) = match (op, name) {
-                        ("forward", "f32") => (
-                            forward::<f32>(level, rows, cols),
-                            limit::<f32>(level, rows, cols),
-                        ),
-                        ("forward", _) => (
-                            forward::<f64>(level, rows, cols),
-                            limit::<f64>(level, rows, cols),
-                        ),
-                        (_, "f32") => (
-                            backward::<f32>(level, rows, cols),
-                            limit::<f32>(level, rows, cols),
-                        ),
-                        _ => (
-                            backward::<f64>(level, rows, cols),
-                            limit::<f64>(level, rows, cols),
-                        ),
+                        ("forward", "f32") => run::<f32>(forward::<f32>, level, rows, cols),
+                        ("forward", "f64") => run::<f64>(forward::<f64>, level, rows, cols),
+                        ("forward", "f16") => run::<f16>(forward::<f16>, level, rows, cols),
+                        ("forward", _) => run::<bf16>(forward::<bf16>, level, rows, cols),
+                        (_, "f32") => run::<f32>(backward::<f32>, level, rows, cols),
+                        (_, "f64") => run::<f64>(backward::<f64>, level, rows, cols),
+                        (_, "f16") => run::<f16>(backward::<f16>, level, rows, cols),
+                        _ => run::<bf16>(backward::<bf16>, level, rows, cols),
                     };
                     let n = (rows * cols) as f64;
                     let gbs = (arrays * size) as f64 * n / t / 1e9;

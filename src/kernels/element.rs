@@ -98,21 +98,21 @@ impl Element for f64 {
 // on every call (20x slower inside the kernels), and its f64 conversions round
 // twice, through f32.
 
-/// f16 bits to f64, exactly: the bits moved into f64's fields, then 2^1008
-/// moves f16's exponent bias (15) to f64's (1023); f16 subnormals arrive as
-/// f64 subnormals, which the multiply scales exactly.
+/// f16 bits to f32, exactly: the bits moved into f32's fields, then 2^112
+/// moves f16's exponent bias (15) to f32's (127); f16 subnormals arrive as
+/// f32 subnormals, which the multiply scales exactly.
 #[inline(always)]
-fn f16_to_f64(h: u16) -> f64 {
-    let h = h as u64;
-    let magnitude = (h & 0x7fff) << 42;
-    let scaled = f64::from_bits(magnitude) * f64::from_bits((1023 + 1008) << 52);
-    let special = f64::from_bits(magnitude | 0x7ff0_0000_0000_0000); // inf, NaN
+fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let magnitude = (h & 0x7fff) << 13;
+    let scaled = f32::from_bits(magnitude) * f32::from_bits((127 + 112) << 23);
+    let special = f32::from_bits(magnitude | 0x7f80_0000); // inf, NaN
     let v = if h & 0x7c00 == 0x7c00 {
         special
     } else {
         scaled
     };
-    f64::from_bits(v.to_bits() | ((h & 0x8000) << 48))
+    f32::from_bits(v.to_bits() | ((h & 0x8000) << 16))
 }
 
 /// bf16 bits to f32, exactly.
@@ -154,6 +154,52 @@ fn round_f64_to_narrow(v: f64, mant: u32, bias: u64, max_exp: u64) -> u64 {
     }
 }
 
+/// `v` rounded to f32 by round-to-odd where f32 is normal: toward zero, with
+/// the last kept bit set when anything was dropped. Rounding that once more,
+/// to nearest, to a format with at least two fewer mantissa bits gives the
+/// same as rounding `v` there directly (f16 keeps 11 of f32's 24 bits): a value
+/// off that format's midpoints never lands on one, since those have an even
+/// last f32 bit. Done on v's bits, which makes the cast exact: any of the 29
+/// bits f32 drops set carries `low + LOW` into bit 29. Past f32's range the
+/// cast overflows to infinity; below its normal range (|v| < 2^-126) it rounds
+/// again, which is harmless for f16, where all of that rounds to zero.
+#[inline(always)]
+fn round_to_odd_f32(v: f64) -> f32 {
+    const LOW: u64 = (1 << 29) - 1;
+    let bits = v.to_bits();
+    f64::from_bits((bits | ((bits & LOW) + LOW)) & !LOW) as f32
+}
+
+/// `f` rounded to nearest (ties to even) to f16, as bits. The float unit
+/// rounds: `a + big` rounds `a = |f|` to a multiple of big's ulp, and
+/// subtracting `big` again is exact; `big` is a's power of two times 2^13, so
+/// its ulp is f16's spacing at `a`, and below f16's smallest normal (2^-14)
+/// the spacing stays that of the subnormals. `a` is first clamped to 2^16
+/// (infinity too), so whatever rounds past 65504 lands on 2^16. Times 2^-112,
+/// the rounded value is f16's encoding laid in f32's fields: the exponent bias
+/// moves from 127 to 15, f16 subnormals become f32 subnormals exactly (the
+/// inverse of `f16_to_f32`), 2^16 becomes infinity. The clamps work on the
+/// bits (integer min/max order non-negative floats as floats), which keeps
+/// the dependency chain short; NaN is decided apart. The sign is f's, which
+/// the cast from f64 kept: Rust leaves a cast NaN's sign open, but the
+/// conversion instructions of every level (x86 cvtsd2ss/vcvtpd2ps, Arm fcvt)
+/// keep it, and a constant folded at compile time never reaches a kernel.
+/// Taking the sign from the f64 instead costs 6% of a float16 forward pass.
+#[inline(always)]
+fn f32_to_f16(f: f32) -> u16 {
+    let bits = f.to_bits();
+    let a = (bits & 0x7fff_ffff).min((127 + 16) << 23);
+    let big = (a & 0x7f80_0000).max((127 - 14) << 23) + (13 << 23);
+    let (a, big) = (f32::from_bits(a), f32::from_bits(big));
+    let r = (a + big) - big;
+    let magnitude = if f.is_nan() {
+        0x7e00
+    } else {
+        (r * f32::from_bits((127 - 112) << 23)).to_bits() >> 13
+    };
+    (magnitude | ((bits >> 16) & 0x8000)) as u16
+}
+
 impl Element for half::f16 {
     const WIDE: bool = true;
     const ZERO: Self = half::f16::ZERO;
@@ -161,12 +207,11 @@ impl Element for half::f16 {
 
     #[inline(always)]
     fn to_f64(self) -> f64 {
-        f16_to_f64(self.to_bits())
+        f16_to_f32(self.to_bits()) as f64
     }
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
-        let sign = ((v.to_bits() >> 48) & 0x8000) as u16;
-        half::f16::from_bits(round_f64_to_narrow(v, 10, 15, 31) as u16 | sign)
+        half::f16::from_bits(f32_to_f16(round_to_odd_f32(v)))
     }
     fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
         None
@@ -219,9 +264,9 @@ mod tests {
     fn half_bits_convert_exactly() {
         for bits in 0..=u16::MAX {
             let (a, b) = (f16::from_bits(bits), bf16::from_bits(bits));
-            let (fa, fb) = (f16_to_f64(bits), bf16_to_f32(bits));
+            let (fa, fb) = (f16_to_f32(bits), bf16_to_f32(bits));
             assert!(
-                fa.to_bits() == a.to_f64().to_bits() || (fa.is_nan() && a.is_nan()),
+                fa.to_bits() == a.to_f32().to_bits() || (fa.is_nan() && a.is_nan()),
                 "{bits:#x}"
             );
             assert!(
@@ -230,7 +275,7 @@ mod tests {
             );
             // Round trips through f64.
             let (ra, rb) = (
-                <f16 as Element>::from_f64(fa),
+                <f16 as Element>::from_f64(fa as f64),
                 <bf16 as Element>::from_f64(fb as f64),
             );
             assert!(
@@ -307,5 +352,102 @@ mod tests {
         assert!(<f16 as Element>::from_f64(1e6).is_infinite());
         assert_eq!(<f16 as Element>::from_f64(1e-10).to_bits(), 0);
         assert!(<f16 as Element>::from_f64(f64::NAN).is_nan());
+    }
+
+    /// f16 rounds through f32 (round-to-odd, then to nearest); bf16 straight
+    /// from f64. Every f32 value, through f64, must round as the `half`
+    /// crate's (correct) f32 conversions do.
+    #[test]
+    fn every_f32_rounds_once() {
+        use rayon::prelude::*;
+        (0..=u16::MAX).into_par_iter().for_each(|hi| {
+            for lo in 0..=u16::MAX {
+                let v = f32::from_bits((hi as u32) << 16 | lo as u32);
+                let (got16, got_b) = (
+                    <f16 as Element>::from_f64(v as f64),
+                    <bf16 as Element>::from_f64(v as f64),
+                );
+                let (want16, want_b) = (f16::from_f32(v), bf16::from_f32(v));
+                if v.is_nan() {
+                    assert!(got16.is_nan() && got_b.is_nan(), "{v:e}");
+                    assert_eq!(got16.to_bits() & 0x8000, want16.to_bits() & 0x8000);
+                } else {
+                    assert_eq!(got16.to_bits(), want16.to_bits(), "{v:e}");
+                    assert_eq!(got_b.to_bits(), want_b.to_bits(), "{v:e}");
+                }
+            }
+        });
+    }
+
+    /// The f16 path through f32 against the direct rounding from f64 (which
+    /// bf16 uses), on f64 values whose low bits f32 would drop: spread over
+    /// f16's range and past it, and anywhere at all.
+    #[test]
+    fn f16_through_f32_matches_direct_rounding() {
+        let direct = |v: f64| {
+            let sign = ((v.to_bits() >> 48) & 0x8000) as u16;
+            round_f64_to_narrow(v, 10, 15, 31) as u16 | sign
+        };
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..20_000_000u64 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let bits = if i % 4 == 0 {
+                s
+            } else {
+                // Exponents 2^-40 .. 2^20, random mantissa and sign.
+                let exp = 1023 - 40 + (s >> 58) % 61;
+                (s & 0x800f_ffff_ffff_ffff) | (exp << 52)
+            };
+            let v = f64::from_bits(bits);
+            let got = <f16 as Element>::from_f64(v).to_bits();
+            if v.is_nan() {
+                assert_eq!(got, 0x7e00 | ((bits >> 48) as u16 & 0x8000), "{bits:#x}");
+            } else {
+                assert_eq!(got, direct(v), "{v:e}");
+            }
+        }
+        // A hair off every f16 midpoint, either side, at f32 precision and
+        // finer: the cases rounding twice to nearest would get wrong.
+        for bits in 0..0x7c00u16 {
+            let (lo, hi) = (
+                f16::from_bits(bits).to_f64(),
+                f16::from_bits(bits + 1).to_f64(),
+            );
+            let mid = (lo + hi) / 2.0;
+            for hair in [2f64.powi(-30), 2f64.powi(-45)] {
+                for v in [mid + (hi - lo) * hair, mid - (hi - lo) * hair] {
+                    assert_eq!(<f16 as Element>::from_f64(v).to_bits(), direct(v), "{v:e}");
+                    assert_eq!(
+                        <f16 as Element>::from_f64(-v).to_bits(),
+                        direct(-v),
+                        "{v:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn half_edge_values() {
+        // black_box: as in the kernels, no conversion is folded at compile time.
+        let f = |v: f64| <f16 as Element>::from_f64(std::hint::black_box(v)).to_bits();
+        let b = |v: f64| <bf16 as Element>::from_f64(std::hint::black_box(v)).to_bits();
+        assert_eq!((f(0.0), f(-0.0), b(0.0), b(-0.0)), (0, 0x8000, 0, 0x8000));
+        // Below half the smallest subnormal: zero, keeping the sign.
+        assert_eq!((f(2f64.powi(-25)), f(-1e-300)), (0, 0x8000));
+        assert_eq!(f(2f64.powi(-25) * (1.0 + 2f64.powi(-40))), 1);
+        assert_eq!((b(-1e-300), b(f64::MIN_POSITIVE)), (0x8000, 0));
+        // Largest finite, the overflow threshold, infinity.
+        assert_eq!(f(65504.0), 0x7bff);
+        assert_eq!(f(65519.999), 0x7bff);
+        assert_eq!(
+            (f(65520.0), f(-1e300), f(f64::INFINITY)),
+            (0x7c00, 0xfc00, 0x7c00)
+        );
+        assert_eq!((b(f64::MAX), b(f64::NEG_INFINITY)), (0x7f80, 0xff80));
+        assert_eq!((f(f64::NAN), f(-f64::NAN)), (0x7e00, 0xfe00));
+        assert_eq!((b(f64::NAN), b(-f64::NAN)), (0x7fc0, 0xffc0));
     }
 }
