@@ -9,6 +9,7 @@ reference_layer_norm_half(x, ...) -> (y, mean, rstd)     float16 / bfloat16 x
 reference_rms_norm(x, normalized_shape, weight=None, eps=None) -> (y, rstd)    any of the four
 reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps=1e-5)
     -> (dx, dweight, dbias)
+reference_rms_norm_backward(dy, x, normalized_shape, weight=None, eps=None) -> (dx, dweight)
 ulp_error(y, reference, *, per_row=False, floor=2**-10)
 adversarial_inputs(dtype=np.float32, seed=0, *, quick=False) -> {name: Case}
 adversarial_inputs_half(dtype=np.float16, seed=0, *, quick=False) -> {name: Case}
@@ -80,7 +81,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _rms_norm
 
 __all__ = [
     "Case",
@@ -107,6 +108,7 @@ __all__ = [
     "reference_layer_norm_backward",
     "reference_layer_norm_half",
     "reference_rms_norm",
+    "reference_rms_norm_backward",
     "torch_fn",
     "torch_rms_fn",
     "ulp_error",
@@ -420,18 +422,18 @@ def _param(v, name, dims, dtype) -> np.ndarray | None:
     return v.astype(dtype).reshape(-1)
 
 
-def _row_moments(X: np.ndarray, e: np.ndarray, eps: float) -> tuple[list, list, list]:
-    """Per row: S = ΣX, and var + eps as a Fraction."""
+def _row_moments(X: np.ndarray, e: np.ndarray, eps: float, centred: bool = True):
+    """Per row: S = ΣX, and as a Fraction var + eps (`centred`) or Σx²/n + eps."""
     n = X.shape[1]
     S = list(X.sum(axis=1)) if n else [0] * X.shape[0]
     Q = list((X * X).sum(axis=1)) if n else [0] * X.shape[0]
     feps = Fraction(eps)
     veps = []
     for s, q, ei in zip(S, Q, e):
-        t = n * q - s * s  # n²·var / 4**e
+        t = n * q - s * s if centred else n * q  # n²·(var or Σx²/n) / 4**e
         var = Fraction(t, n * n) * (Fraction(4) ** int(ei)) if n else Fraction(0)
         veps.append(var + feps)
-    return S, Q, veps
+    return S, veps
 
 
 def _nonfinite_mean(x_row: np.ndarray) -> float:
@@ -512,7 +514,7 @@ def _reference_layer_norm(x: np.ndarray, normalized_shape, weight, bias, eps):
     for start in range(0, good.size, block):
         idx = good[start : start + block]
         X, e = _ints(xr[idx].astype(wide, copy=False))
-        S, _, veps = _row_moments(X, e, eps)
+        S, veps = _row_moments(X, e, eps)
         for k, i in enumerate(idx):
             mean[i] = _round_ratio(S[k] << max(int(e[k]), 0), n << max(-int(e[k]), 0), wide)
             if veps[k] == 0:
@@ -643,9 +645,7 @@ def reference_rms_norm(x, normalized_shape, weight=None, eps: float | None = Non
         raise TypeError(f"x must have dtype float32, float64, float16 or bfloat16, got {x.dtype}")
     dt = x.dtype
     wide = _stat_dtype(dt)
-    if eps is None:
-        eps = 2.0**-7 if _is_bfloat16(dt) else float(np.finfo(dt).eps)
-    eps = _eps_value(eps)
+    eps = _eps_value(_rms_norm._eps(x, eps))
     dims = _as_dims(normalized_shape)
     xr = _rows(x, dims)
     rows, n = xr.shape
@@ -668,12 +668,10 @@ def reference_rms_norm(x, normalized_shape, weight=None, eps: float | None = Non
     W, ew = _vector_ints(w, wide)
     block = max(1, (1 << 16) // n)
     good = np.nonzero(finite)[0]
-    feps = Fraction(eps)
     for start in range(0, good.size, block):
         idx = good[start : start + block]
         X, e = _ints(xr[idx].astype(wide, copy=False))
-        Q = list((X * X).sum(axis=1))
-        veps = [Fraction(q, n) * Fraction(4) ** int(ei) + feps for q, ei in zip(Q, e)]
+        _, veps = _row_moments(X, e, eps, centred=False)
         for k, i in enumerate(idx):
             rstd[i] = np.inf if veps[k] == 0 else _round_root(1 / veps[k], wide)
         ok = [k for k in range(len(idx)) if veps[k] != 0]
@@ -728,8 +726,55 @@ def reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps: flo
     non-finite weight makes every ``dx`` NaN.
     """
     x = _float_input(x)
-    dt = x.dtype
     dims = _as_dims(normalized_shape)
+    dx, dweight, dbias = _reference_backward(dy, x, dims, weight, _eps_value(eps), centred=True)
+    return dx.reshape(x.shape), dweight.reshape(dims), dbias.reshape(dims)
+
+
+def reference_rms_norm_backward(dy, x, normalized_shape, weight=None, eps: float | None = None):
+    """Exact gradients of ``sum(dy · rms_norm(x, normalized_shape, weight, eps))``:
+    ``(dx, dweight)``, as ``lnrs.rms_norm_backward`` returns them.
+
+    Parameters
+    ----------
+    dy, x : array_like of float32 or float64
+        Of one shape; ``dy`` is converted to ``x``'s dtype.
+    normalized_shape, weight :
+        As :func:`reference_rms_norm`.
+    eps : float, optional
+        The exact value of the Python float given; default ``np.finfo(x.dtype).eps``,
+        as ``lnrs.rms_norm``.
+
+    Returns
+    -------
+    dx : ndarray
+        ``x``'s shape and dtype: ``rstd·(g - xhat·mean(g·xhat))`` with ``g = dy·weight``,
+        ``xhat = x·rstd`` and ``rstd = 1/sqrt(Σx²/n + eps)`` exact, correctly rounded.
+    dweight : ndarray
+        ``normalized_shape``, ``x``'s dtype: ``Σ_rows dy·xhat`` (also when ``weight``
+        is None), correctly rounded as in :func:`reference_layer_norm_backward`.
+
+    Notes
+    -----
+    Non-finite values as in :func:`reference_layer_norm_backward`, with
+    ``Σx²/n + eps`` in place of ``var + eps``.
+    """
+    x = _float_input(x)
+    dims = _as_dims(normalized_shape)
+    eps = _eps_value(_rms_norm._eps(x, eps))
+    dx, dweight, _ = _reference_backward(dy, x, dims, weight, eps, centred=False)
+    return dx.reshape(x.shape), dweight.reshape(dims)
+
+
+def _reference_backward(dy, x: np.ndarray, dims, weight, eps: float, centred: bool):
+    """The backward of LayerNorm (`centred`) or RMSNorm as (rows, n) ``dx``, ``dweight``
+    and ``dbias`` (None for RMSNorm).
+
+    Both are ``dx = rstd·(g - [mean(g)] - xhat·mean(g·xhat))`` and ``dweight =
+    Σ_rows dy·xhat`` with ``xhat = D·2**e·rstd/n``, where the integers ``D`` are
+    ``n·(x - mean)/2**e`` (LayerNorm) or ``n·x/2**e`` (RMSNorm).
+    """
+    dt = x.dtype
     xr = _rows(x, dims)
     dy = np.asarray(dy)
     if dy.shape != x.shape:
@@ -737,47 +782,38 @@ def reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps: flo
     dyr = dy.astype(dt).reshape(xr.shape)
     rows, n = xr.shape
     w = _param(weight, "weight", dims, dt)
-    eps = float(eps)
     dx = np.full((rows, n), np.nan, dtype=dt)
     dweight = np.full(n, np.nan, dtype=dt)
-    dbias = np.zeros(n, dtype=dt)
+    dbias = np.zeros(n, dtype=dt) if centred else None
     if rows == 0 or n == 0:
-        return dx.reshape(x.shape), dweight.reshape(dims), dbias.reshape(dims)
+        return dx, dweight, dbias
 
     xfin = np.isfinite(xr).all(axis=1)
-    dyfin_col = np.isfinite(dyr).all(axis=0)
     dyfin_row = np.isfinite(dyr).all(axis=1)
-    # dbias: exact column sums of dy with one exponent for all of dy
+    # dy as exact integers with one exponent for all of dy
     DY, edy = _ints(np.where(np.isfinite(dyr), dyr, 0).astype(dt).reshape(1, -1), common=True)
     DY = DY.reshape(rows, n)
     edy = int(edy[0])
-    colsum = DY.sum(axis=0)
-    dbias[:] = _round_quotients(
-        colsum * (1 << max(edy, 0)), np.full(n, 1 << max(-edy, 0), dtype=object), dt
-    )
-    if not dyfin_col.all():
-        with np.errstate(all="ignore"):
-            dbias[~dyfin_col] = dyr[:, ~dyfin_col].astype(np.float64).sum(axis=0).astype(dt)
+    if centred:
+        dbias[:] = _dbias(DY, edy, dyr)
 
     X, e = _ints(np.where(xfin[:, None], xr, 0).astype(dt))
-    S, _, veps = _row_moments(X, e, eps)
+    S, veps = _row_moments(X, e, eps, centred)
     good = xfin & dyfin_row & np.array([v != 0 for v in veps])
     if w is not None and not np.isfinite(w).all():
         good[:] = False
     W, ew = _vector_ints(w, dt)
-    Sc = np.empty((rows, 1), dtype=object)
-    Sc[:, 0] = S
-    D = X * n - Sc  # n·(x - mean) / 2**e
+    D = X * n - _column(S) if centred else X * n
     G = DY if W is None else DY * W  # g / 2**(edy + ew)
-    eg = edy + ew
 
     gi = np.nonzero(good)[0]
     if gi.size:
-        J = G[gi].sum(axis=1)
+        J = G[gi].sum(axis=1) if centred else [0] * gi.size  # n·mean(g) / 2**(edy + ew)
         H = (G[gi] * D[gi]).sum(axis=1)
         a1, b1, g1, dens, r2s = [], [], [], [], []
         for k, i in enumerate(gi):
-            u = 1 / veps[i]
+            u = 1 / veps[i]  # rstd²
+            # xhat·mean(g·xhat) = D·kappa·rstd·2**(edy + ew)
             kappa = u * Fraction(int(H[k])) * Fraction(4) ** int(e[i]) / n**3
             kn, kd = kappa.numerator, kappa.denominator
             a1.append(n * kd)
@@ -786,11 +822,26 @@ def reference_layer_norm_backward(dy, x, normalized_shape, weight=None, eps: flo
             dens.append(n * kd)
             r2s.append(u)
         N = G[gi] * _column(a1) + _column(b1) + D[gi] * _column(g1)
-        dx[gi] = _round_affine(N, None, r2s, [eg] * len(gi), dens, 0, dt)
+        dx[gi] = _round_affine(N, None, r2s, [edy + ew] * len(gi), dens, 0, dt)
 
     if xfin.all() and all(v != 0 for v in veps):
         dweight[:] = _dweight(DY, D, e, edy, veps, n, dt)
-    return dx.reshape(x.shape), dweight.reshape(dims), dbias.reshape(dims)
+    return dx, dweight, dbias
+
+
+def _dbias(DY, edy: int, dyr: np.ndarray) -> np.ndarray:
+    """Σ_rows dy, exact column sums correctly rounded; IEEE float64 sums for the
+    columns holding NaN/Inf (read as 0 in `DY`)."""
+    dt = dyr.dtype
+    n = DY.shape[1]
+    dbias = _round_quotients(
+        DY.sum(axis=0) * (1 << max(edy, 0)), np.full(n, 1 << max(-edy, 0), dtype=object), dt
+    )
+    bad = ~np.isfinite(dyr).all(axis=0)
+    if bad.any():
+        with np.errstate(all="ignore"):
+            dbias[bad] = dyr[:, bad].astype(np.float64).sum(axis=0).astype(dt)
+    return dbias
 
 
 def _column(values) -> np.ndarray:
