@@ -575,6 +575,12 @@ def test_adversarial_inputs_half(name):
     assert testing.case_floor(a["output_subnormal"]) == 0
     with pytest.raises(TypeError):
         testing.adversarial_inputs_half(np.float32)
+    # the half alias is adversarial_inputs itself for the half types
+    same = testing.adversarial_inputs(dtype, seed=1, quick=True)
+    assert list(same) == list(a)
+    for case_name, case in same.items():
+        np.testing.assert_array_equal(case.x.view(np.uint16), a[case_name].x.view(np.uint16))
+        assert case.tags == a[case_name].tags
 
 
 def test_reference_rms_norm_conventions():

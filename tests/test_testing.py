@@ -556,8 +556,8 @@ def test_adversarial_inputs_are_reproducible_and_quick_is_small():
         np.testing.assert_array_equal(a[name].x, b[name].x)
     assert not np.array_equal(a["offset_1e3"].x, c["offset_1e3"].x)
     assert sum(case.x.size for case in a.values()) < 100_000
-    with pytest.raises(TypeError):
-        testing.adversarial_inputs(np.float16)
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
+        testing.adversarial_inputs(np.int32)
 
 
 # --------------------------------------------------------------------------------------

@@ -2,8 +2,7 @@
 
 For each dtype asked for, up to three tables (--ops):
 
-layer_norm: every case of `lnrs.testing.adversarial_inputs` (float32, float64) or
-`lnrs.testing.adversarial_inputs_half` (float16, bfloat16) through
+layer_norm: every case of `lnrs.testing.adversarial_inputs` for the dtype through
 `lnrs.layer_norm_forward` and each installed peer (NumPy's naive two-pass
 LayerNorm in the input dtype, ONNX Runtime's LayerNormalization, PyTorch's
 layer_norm), with the largest error of the output in ulps
@@ -155,10 +154,7 @@ def _stats_error(got, ref) -> float:
 
 
 def _cases(dtype: np.dtype, seed: int, quick: bool, only) -> dict:
-    if testing._is_half(dtype):
-        cases = testing.adversarial_inputs_half(dtype, seed, quick=quick)
-    else:
-        cases = testing.adversarial_inputs(dtype, seed, quick=quick)
+    cases = testing.adversarial_inputs(dtype, seed, quick=quick)
     if only:
         cases = {k: c for k, c in cases.items() if any(t in k for t in only)}
     return cases
