@@ -19,7 +19,8 @@ and `y` the unfused `layer_norm(s)` / `rms_norm(s)`, bit for bit (NaN payloads
 aside), with fresh outputs and in place (`out=`, `sum_out=residual`).
 
 Cases tagged `unfloored` (the half types' output_subnormal, whose outputs are
-tiny on purpose) are measured without the 2**-10 floor.
+tiny on purpose) are measured without the 2**-10 floor. Errors below 0.01 ulp
+(a few subnormal units, measured in ulps of the floor) are printed as `<0.01`.
 
 A `!` marks NaN/Inf where the exact result is finite; `*` marks an lnrs result
 that misses its goal; `n/a` a peer without that dtype or operation.
@@ -118,12 +119,16 @@ def _lnrs_add_rms_norm(x, residual, normalized_shape, weight, eps, **outputs):
 
 
 def _cell(value: float, flag: str = "") -> str:
+    """An ulp count for the table: 3 digits below 100, 2 above; "<0.01" below 0.01 (an
+    error of a few subnormal units, tiny in ulps of the floor, not as 2.28e-305)."""
     if math.isnan(value):
         text = "nan"
     elif math.isinf(value):
         text = "inf"
     elif value == 0:
         text = "0"
+    elif value < 0.01:
+        text = "<0.01"
     elif value < 100:
         text = f"{value:.3g}"
     else:
