@@ -128,6 +128,46 @@ def test_bad_stats_fail_and_a_crash_is_a_miss():
     assert status == 1 and "RuntimeError: kernel exploded" in text
 
 
+def test_cells_print_sub_ulp_errors_readably():
+    cells = [_check._cell(v) for v in (0.0, 2.28e-305, 0.004, 0.01, 0.5, 1.0, 99.5, 1e16)]
+    assert cells == ["0", "<0.01", "<0.01", "0.01", "0.5", "1", "99.5", "1e+16"]
+    assert _check._cell(1e-300, "*") == "<0.01*"
+    assert [_check._cell(v) for v in (math.inf, math.nan)] == ["inf", "nan"]
+
+
+def off_by_a_subnormal(forward):
+    """`forward` with its zero outputs replaced by the smallest subnormal."""
+
+    def nudged(*args):
+        y, *stats = forward(*args)
+        tiny = np.nextafter(y.dtype.type(0), y.dtype.type(1))
+        return (np.where(y == 0, tiny, y).astype(y.dtype), *stats)
+
+    return nudged
+
+
+def test_an_error_of_one_subnormal_prints_readably_and_keeps_the_verdict():
+    import lnrs
+
+    argv = ["--quick", "--dtype", "float64", "--case", "constant_rows", "--against"]
+    # RMSNorm's constant row of zeros: y = 0 exactly; one subnormal off is within the goal.
+    forward = off_by_a_subnormal(lnrs.rms_norm_forward)
+    status, text = check(*argv, "--ops", "rms_norm", rms_forward=forward)
+    row = next(line for line in text.splitlines() if line.startswith("constant_rows "))
+    assert status == 0, text
+    assert "<0.01" in row.split()
+    assert "goal met on all 1 cases (max <0.01 ulp," in text
+    assert not re.search(r"\de-\d", text), text
+    # LayerNorm's constant rows must give the bias exactly: a miss, reported readably.
+    zeros = np.zeros((2, 8))
+    case = testing.Case("zero_bias", zeros, (8,), None, zeros[0], tags=frozenset({"exact"}))
+    out = io.StringIO()
+    forward = off_by_a_subnormal(lnrs.layer_norm_forward)
+    misses = _check._norm_table("layer_norm", zeros.dtype, {"zero_bias": case}, {}, forward, out)
+    assert misses == ["zero_bias: <0.01 ulp (goal 0)"], out.getvalue()
+    assert "<0.01*" in out.getvalue()
+
+
 def test_float64_table_runs():
     status, text = check("--quick", "--dtype", "float64", "--against", "numpy")
     assert status in (0, 1)
@@ -575,6 +615,12 @@ def test_adversarial_inputs_half(name):
     assert testing.case_floor(a["output_subnormal"]) == 0
     with pytest.raises(TypeError):
         testing.adversarial_inputs_half(np.float32)
+    # the half alias is adversarial_inputs itself for the half types
+    same = testing.adversarial_inputs(dtype, seed=1, quick=True)
+    assert list(same) == list(a)
+    for case_name, case in same.items():
+        np.testing.assert_array_equal(case.x.view(np.uint16), a[case_name].x.view(np.uint16))
+        assert case.tags == a[case_name].tags
 
 
 def test_reference_rms_norm_conventions():

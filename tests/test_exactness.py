@@ -4,7 +4,7 @@ numerical-stability issue, on every adversarial case and on hypothesis-drawn dat
 Goals (ulp: lnrs.testing.ulp_error, the spacing of the output dtype at the exact
 value, floored at 2**-10): float32 <= 2 ulp, float64 <= 16 ulp; constant and
 one-element rows exactly `bias`; NaN/Inf only in their own row; mean/rstd within
-1 ulp; backward dx within a few ulps on offset data.
+1 ulp; backward dx (LayerNorm and RMSNorm) within a few ulps on offset data.
 """
 
 from __future__ import annotations
@@ -236,3 +236,28 @@ def test_backward_dweight_dbias_within_a_few_ulps(dtype, offset):
     e_w, e_b = testing.ulp_error(dw, ref_dw), testing.ulp_error(db, ref_db)
     assert e_w <= BACKWARD_GOAL, f"dweight {e_w:g} ulp; worst {worst_element(dw, ref_dw)}"
     assert e_b <= BACKWARD_GOAL, f"dbias {e_b:g} ulp; worst {worst_element(db, ref_db)}"
+
+
+RMS_BACKWARD = [
+    pytest.param(dt, offset, weighted, id=f"{dt.name}-offset_{offset:g}-{label}")
+    for dt in (F32, F64)
+    for offset in (0.0, 1e4)
+    for weighted, label in ((True, "weight"), (False, "no_weight"))
+]
+
+
+@pytest.mark.parametrize("dtype,offset,weighted", RMS_BACKWARD)
+def test_rms_backward_within_a_few_ulps(dtype, offset, weighted):
+    rng = np.random.default_rng(0)
+    x = (offset + rng.standard_normal((16, 512))).astype(dtype)
+    dy = rng.standard_normal((16, 512)).astype(dtype)
+    w = (1 + 0.5 * rng.standard_normal(512)).astype(dtype) if weighted else None
+    eps = float(np.finfo(dtype).eps)
+    _, rstd = lnrs.rms_norm_forward(x, 512, w, eps)
+    # eps given: the exact gradient needs the exact rstd (see rms_norm_backward)
+    dx, dw = lnrs.rms_norm_backward(dy, x, rstd, 512, w, eps=eps)
+    ref_dx, ref_dw = testing.reference_rms_norm_backward(dy, x, 512, w, eps)
+    assert dx.dtype == dw.dtype == dtype
+    e_x, e_w = testing.ulp_error(dx, ref_dx), testing.ulp_error(dw, ref_dw)
+    assert e_x <= BACKWARD_GOAL, f"dx {e_x:g} ulp; worst {worst_element(dx, ref_dx)}"
+    assert e_w <= BACKWARD_GOAL, f"dweight {e_w:g} ulp; worst {worst_element(dw, ref_dw)}"

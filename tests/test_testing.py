@@ -157,22 +157,130 @@ def test_backward_is_correctly_rounded(p):
     if any(veps == 0 for _, _, veps in rows):
         assert np.isnan(dweight).all()
         return
-    # Σ_rows dy·(x - mean)·rstd_row: irrational terms of several rows. Checked against
-    # 250-digit decimals (the reference's bracketing decides the rounding exactly).
+    # Σ_rows dy·(x - mean)·rstd_row
+    for j in range(n):
+        terms = [
+            (Fraction(float(dy[i, j])) * (xs[j] - mu), veps)
+            for i, (xs, mu, veps) in enumerate(rows)
+        ]
+        certify_sum(dweight[j], terms)
+
+
+def certify_sum(value, terms) -> None:
+    """Assert that `value` is Σ k/sqrt(v) over `terms` (k, v) correctly rounded: irrational
+    terms of several rows, checked against 250-digit decimals (the reference's bracketing
+    decides the rounding exactly)."""
     with localcontext() as ctx:
         ctx.prec = 250
-        for j in range(n):
-            total = Decimal(0)
-            for i, (xs, mu, veps) in enumerate(rows):
-                d = Fraction(float(dy[i, j])) * (xs[j] - mu)
-                r = 1 / (Decimal(veps.numerator) / Decimal(veps.denominator)).sqrt()
-                total += Decimal(d.numerator) / Decimal(d.denominator) * r
-            expect = Fraction(total)
-            got = Fraction(float(dweight[j]))
-            spacing = Fraction(float(np.spacing(np.abs(dweight[j]))))
-            assert abs(got - expect) <= spacing / 2 * (1 + Fraction(1, 10**30)) + Fraction(
-                1, 10**200
-            ), (j, dweight[j], float(expect))
+        total = Decimal(0)
+        for k, v in terms:
+            r = 1 / (Decimal(v.numerator) / Decimal(v.denominator)).sqrt()
+            total += Decimal(k.numerator) / Decimal(k.denominator) * r
+    expect = Fraction(total)
+    got = Fraction(float(value))
+    spacing = Fraction(float(np.spacing(np.abs(value))))
+    assert abs(got - expect) <= spacing / 2 * (1 + Fraction(1, 10**30)) + Fraction(1, 10**200), (
+        value,
+        float(expect),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(small)
+def test_rms_backward_is_correctly_rounded(p):
+    x, w, _ = draw_input(p)
+    dt, eps, n = p["dtype"], p["eps"], p["n"]
+    dy = np.random.default_rng(p["seed"] + 1).standard_normal(x.shape).astype(dt)
+    dx, dweight = testing.reference_rms_norm_backward(dy, x, n, w, eps)
+    assert dx.dtype == dweight.dtype == dt
+    assert dx.shape == x.shape and dweight.shape == (n,)
+    rows = []
+    for i, row in enumerate(x):
+        xs = [Fraction(float(v)) for v in row]
+        veps = sum(v * v for v in xs) / n + Fraction(float(eps))  # 1 / rstd²
+        rows.append((xs, veps))
+        if veps == 0:
+            assert np.isnan(dx[i]).all()
+            continue
+        g = [
+            Fraction(float(dy[i, j])) * (Fraction(float(w[j])) if w is not None else 1)
+            for j in range(n)
+        ]
+        u = 1 / veps
+        mgx = sum(gj * v for gj, v in zip(g, xs)) / n  # mean(g·xhat) / rstd
+        for j, v in enumerate(xs):
+            # dx = rstd·(g - xhat·mean(g·xhat)) = rstd·(g - x·u·mgx)
+            certify(dx[i, j], dt, g[j] - v * u * mgx, inv_v=u)
+    if any(veps == 0 for _, veps in rows):
+        assert np.isnan(dweight).all()
+        return
+    for j in range(n):  # Σ_rows dy·x·rstd_row
+        certify_sum(
+            dweight[j], [(Fraction(float(dy[i, j])) * xs[j], v) for i, (xs, v) in enumerate(rows)]
+        )
+
+
+def rms_loss(dy, x, w, eps) -> float:
+    """sum(dy·rms_norm(x)) in float64, for finite differences."""
+    rstd = 1 / np.sqrt((x * x).mean(axis=1, keepdims=True) + eps)
+    return float((dy * x * rstd * w).sum())
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0])
+def test_rms_backward_matches_finite_differences(offset):
+    rng = np.random.default_rng(5)
+    x = offset + rng.standard_normal((3, 6))
+    dy, w = rng.standard_normal((3, 6)), 1 + 0.5 * rng.standard_normal(6)
+    eps = 0.1
+    dx, dweight = testing.reference_rms_norm_backward(dy, x, 6, w, eps)
+    h = 1e-6
+    for i, j in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i, j] += h
+        down[i, j] -= h
+        numeric = (rms_loss(dy, up, w, eps) - rms_loss(dy, down, w, eps)) / (2 * h)
+        assert numeric == pytest.approx(dx[i, j], rel=1e-6, abs=1e-8), (i, j)
+    for j in range(6):
+        up, down = w.copy(), w.copy()
+        up[j] += h
+        down[j] -= h
+        numeric = (rms_loss(dy, x, up, eps) - rms_loss(dy, x, down, eps)) / (2 * h)
+        assert numeric == pytest.approx(dweight[j], rel=1e-6, abs=1e-8), j
+
+
+def test_rms_backward_defaults_and_special_rows():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    dy = rng.standard_normal((4, 5)).astype(np.float32)
+    # eps defaults to float32's machine epsilon, as lnrs.rms_norm's; no weight is a weight of ones
+    default = testing.reference_rms_norm_backward(dy, x, 5)
+    explicit = testing.reference_rms_norm_backward(dy, x, 5, np.ones(5), float(np.finfo(F32).eps))
+    for a, b in zip(default, explicit):
+        np.testing.assert_array_equal(a, b)
+    # multi-axis rows are flattened rows
+    dx, dweight = testing.reference_rms_norm_backward(
+        dy.reshape(4, 1, 5), x.reshape(4, 1, 5), (1, 5)
+    )
+    np.testing.assert_array_equal(dx.reshape(4, 5), default[0])
+    np.testing.assert_array_equal(dweight.reshape(5), default[1])
+    # a zero row with eps = 0, and NaN/Inf in x or dy: NaN dx in that row only;
+    # a bad x row makes dweight NaN
+    x[0] = 0
+    dx, dweight = testing.reference_rms_norm_backward(dy, x, 5, eps=0.0)
+    assert np.isnan(dx[0]).all() and np.isfinite(dx[1:]).all() and np.isnan(dweight).all()
+    x[0] = 1
+    dy[2, 3] = np.inf
+    x[3, 1] = np.nan
+    dx, dweight = testing.reference_rms_norm_backward(dy, x, 5)
+    assert np.isnan(dx[2:]).all() and np.isfinite(dx[:2]).all() and np.isnan(dweight).all()
+    empty = testing.reference_rms_norm_backward(np.zeros((0, 5)), np.zeros((0, 5)), 5)
+    assert empty[0].shape == (0, 5) and np.isnan(empty[1]).all()
+    with pytest.raises(TypeError, match="float32 or float64"):
+        testing.reference_rms_norm_backward(dy, x.astype(np.float16), 5)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        testing.reference_rms_norm_backward(dy[:2], x, 5)
+    with pytest.raises(ValueError, match="eps"):
+        testing.reference_rms_norm_backward(dy, x, 5, eps=-1.0)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -187,11 +295,14 @@ def test_undecided_roundings_are_retried(monkeypatch, dtype):
     dy = rng.standard_normal((4, 16)).astype(dtype)
     w = rng.standard_normal(16).astype(dtype)
     backward = testing.reference_layer_norm_backward(dy, x, 16, w)
+    rms_backward = testing.reference_rms_norm_backward(dy, x, 16, w)
     monkeypatch.setattr(testing, "_GUARD", -testing._format(dtype)[0] + 4)
     for name, want in zip(names, expected):
         for a, b in zip(testing.reference_layer_norm(*cases[name].args), want):
             np.testing.assert_array_equal(a, b)
     for a, b in zip(testing.reference_layer_norm_backward(dy, x, 16, w), backward):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(testing.reference_rms_norm_backward(dy, x, 16, w), rms_backward):
         np.testing.assert_array_equal(a, b)
 
 
@@ -445,8 +556,8 @@ def test_adversarial_inputs_are_reproducible_and_quick_is_small():
         np.testing.assert_array_equal(a[name].x, b[name].x)
     assert not np.array_equal(a["offset_1e3"].x, c["offset_1e3"].x)
     assert sum(case.x.size for case in a.values()) < 100_000
-    with pytest.raises(TypeError):
-        testing.adversarial_inputs(np.float16)
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
+        testing.adversarial_inputs(np.int32)
 
 
 # --------------------------------------------------------------------------------------
