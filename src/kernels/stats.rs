@@ -625,7 +625,10 @@ mod tests {
             let (q, qe) = two_prod(p, v);
             let rest = qe + pe * v + p * v_lo + 2.0 * r * r_lo * v;
             let residual = (q - 1.0) + rest;
-            assert!(residual.abs() < 2f64.powi(-100), "{v}: residual {residual:e}");
+            assert!(
+                residual.abs() < 2f64.powi(-100),
+                "{v}: residual {residual:e}"
+            );
         }
         // Without the low part the same test fails: the pair is doing the work.
         let (r, _) = inv_sqrt_sum(2.0, 0.0, 0.0);
