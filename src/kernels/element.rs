@@ -18,6 +18,14 @@ pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
 
     /// The slice itself when the storage type is f64.
     fn as_f64_slice(s: &[Self]) -> Option<&[f64]>;
+
+    /// The slice itself when the storage type is f16 (for `f16c`).
+    fn as_f16_slice(_: &[Self]) -> Option<&[half::f16]> {
+        None
+    }
+    fn as_f16_slice_mut(_: &mut [Self]) -> Option<&mut [half::f16]> {
+        None
+    }
 }
 
 /// `s` as f64: borrowed when it already is, else converted once.
@@ -212,6 +220,37 @@ impl Element for half::f16 {
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         half::f16::from_bits(f32_to_f16(round_to_odd_f32(v)))
+    }
+    fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
+        None
+    }
+    fn as_f16_slice(s: &[Self]) -> Option<&[half::f16]> {
+        Some(s)
+    }
+    fn as_f16_slice_mut(s: &mut [Self]) -> Option<&mut [half::f16]> {
+        Some(s)
+    }
+}
+
+/// An f32 rounded to odd from f64, on its way to f16: the f32 stage of
+/// float16 rows run through F16C (`f16c.rs`), which rounds it once more, to
+/// nearest, to the same bits as `f16::from_f64` (see `round_to_odd_f32`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(transparent)]
+pub struct F16Odd(pub f32);
+
+impl Element for F16Odd {
+    const WIDE: bool = true;
+    const ZERO: Self = F16Odd(0.0);
+    type Stat = f32;
+
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self.0 as f64
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        F16Odd(round_to_odd_f32(v))
     }
     fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
         None

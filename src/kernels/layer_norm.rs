@@ -2,7 +2,8 @@
 //! with `mean = 0` and no bias for RMSNorm; optionally of the residual stream
 //! `s = x + residual` (in the storage type), written out in the same pass.
 
-use super::element::{Element, Param};
+use super::element::{Element, F16Odd, Param};
+use super::f16c;
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
     add_blocks, add_centred, block_centred_sums, block_shifted_sum, norm_stats, rms_stats_with,
@@ -127,6 +128,7 @@ pub fn layer_norm_forward<T: Element>(
         long.run(y, sum, mean, rstd);
         return Ok(());
     }
+    let f16c = residual.is_none() && f16c::available(level);
     let parts = (
         (PerRow(y, cols), sum.map(|s| PerRow(s, cols))),
         PerRow(mean, 1),
@@ -144,6 +146,7 @@ pub fn layer_norm_forward<T: Element>(
             b,
             eps,
             stream,
+            f16c,
             y,
             sum: sum.map(|PerRow(s, _)| s),
             mean,
@@ -349,6 +352,8 @@ struct RowBlock<'a, T: Element> {
     b: &'a [f64],
     eps: f64,
     stream: bool,
+    /// float16 rows may go through F16C (`f16c`): no residual, and the CPU has it.
+    f16c: bool,
     y: &'a mut [T],
     sum: Option<&'a mut [T]>,
     mean: &'a mut [T::Stat],
@@ -360,6 +365,20 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
 
     #[inline(always)]
     fn run(self) {
+        if self.f16c {
+            if let Some(y) = T::as_f16_slice_mut(&mut *self.y) {
+                let x = match self.x {
+                    Input::Separate(x) => T::as_f16_slice(x),
+                    Input::InPlace => None,
+                };
+                let (w, b, stream) = (self.w, self.b, self.stream);
+                f16_rows(
+                    self.norm, x, y, self.cols, w, b, self.eps, stream, self.mean, self.rstd,
+                );
+                fence(stream);
+                return;
+            }
+        }
         let RowBlock {
             norm,
             x,
@@ -399,6 +418,36 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
             self.rstd[r] = T::Stat::from_f64(stats.rstd);
         }
         fence(stream);
+    }
+}
+
+/// float16 rows through F16C (`f16c`): each row widened to f32, normalised by
+/// the f32 kernels into an f32 row rounded to odd, then narrowed, which gives
+/// the bits of the generic path's element-by-element conversions. `x` None:
+/// in place. The statistics are those of the same values, so mean and rstd are
+/// the generic path's too.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn f16_rows<S: Element>(
+    norm: Norm,
+    x: Option<&[half::f16]>,
+    y: &mut [half::f16],
+    cols: usize,
+    w: &[f64],
+    b: &[f64],
+    eps: f64,
+    stream: bool,
+    mean: &mut [S],
+    rstd: &mut [S],
+) {
+    let (mut xs, mut ys) = (vec![F16Odd::ZERO; cols], vec![F16Odd::ZERO; cols]);
+    for (r, y) in y.chunks_exact_mut(cols).enumerate() {
+        f16c::widen(x.map_or(&*y, |x| &x[r * cols..(r + 1) * cols]), &mut xs);
+        let stats = norm_stats(norm, &xs, eps);
+        normalise_row(Some(&xs), &mut ys, &stats, w, b, false);
+        f16c::narrow(&ys, y, stream);
+        mean[r] = S::from_f64(stats.mean);
+        rstd[r] = S::from_f64(stats.rstd);
     }
 }
 
@@ -620,6 +669,33 @@ mod tests {
     #[test]
     fn every_level_matches_scalar_f64() {
         every_level_matches_scalar::<f64>();
+    }
+
+    /// float16 takes the F16C path from AVX2 on (`f16_rows`), out of place and
+    /// in place: the bits must be the generic path's.
+    #[test]
+    fn every_level_matches_scalar_f16() {
+        every_level_matches_scalar::<half::f16>();
+        let cols = 333;
+        let x: Vec<half::f16> = data(6 * cols, 4, -2.0)
+            .into_iter()
+            .map(half::f16::from_f64)
+            .collect();
+        let scalar = run(Level::Scalar, &x, cols, None, None);
+        for level in supported_levels() {
+            let (mut y, mut m, mut r) = (x.clone(), vec![0.0f32; 6], vec![0.0f32; 6]);
+            let args = Forward {
+                norm: Norm::Layer,
+                x: Input::InPlace,
+                residual: None,
+                cols,
+                weight: None,
+                bias: None,
+                eps: 1e-5,
+            };
+            layer_norm_forward(level, args, &mut y, None, &mut m, &mut r).unwrap();
+            assert_eq!((y, m, r), scalar, "{level} in place");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod element;
+pub mod f16c;
 pub mod layer_norm;
 pub mod layer_norm_backward;
 pub mod simd;
