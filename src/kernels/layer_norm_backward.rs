@@ -11,7 +11,8 @@
 //! (`parallel::fixed_block_rows`) and merged in order, so dweight and dbias do
 //! not depend on the thread count.
 
-use super::element::{Element, Param};
+use super::element::{Element, F16Odd, Param};
+use super::f16c;
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
     add_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, Lanes, LANES,
@@ -110,6 +111,7 @@ pub fn layer_norm_backward<T: Element>(
         merge_columns::<T>(&partials, cols, dweight, dbias);
         return Ok(());
     }
+    let f16c = f16c::available(level);
     parallel::for_fixed_blocks(
         rows,
         cols,
@@ -131,12 +133,60 @@ pub fn layer_norm_backward<T: Element>(
                 dx,
                 partial,
                 stream,
+                f16c,
             };
             dispatch(level, block);
         },
     );
     merge_columns::<T>(&partials, cols, dweight, dbias);
     Ok(())
+}
+
+/// A block of float16 rows for [`f16_rows`].
+struct F16Rows<'a, S> {
+    x: &'a [half::f16],
+    dy: &'a [half::f16],
+    mean: Option<&'a [S]>,
+    rstd: &'a [S],
+    cols: usize,
+    w: &'a [f64],
+    eps: Option<f64>,
+    stream: bool,
+}
+
+/// float16 rows through F16C (`f16c`): x and dy widened to f32, dx computed by
+/// the f32 kernels rounded to odd, then narrowed. The same f64 arithmetic on
+/// the same values as the generic path, so the same bits, in dx and in the
+/// column sums added to `partial`.
+#[inline(always)]
+fn f16_rows<S: Element>(rows: F16Rows<'_, S>, dx: &mut [half::f16], partial: &mut [f64]) {
+    let F16Rows {
+        x,
+        dy,
+        mean,
+        rstd,
+        cols,
+        w,
+        eps,
+        stream,
+    } = rows;
+    let (dw, db) = partial.split_at_mut(per::<F16Odd>() * cols);
+    let mut xs = vec![F16Odd::ZERO; cols];
+    let mut dys = vec![F16Odd::ZERO; cols];
+    let mut dxs = vec![F16Odd::ZERO; cols];
+    for (r, dx) in dx.chunks_exact_mut(cols).enumerate() {
+        let row = r * cols..(r + 1) * cols;
+        f16c::widen(&x[row.clone()], &mut xs);
+        f16c::widen(&dy[row], &mut dys);
+        let mean = mean.map(|m| m[r].to_f64());
+        let rstd = rstd[r].to_f64();
+        if w.is_empty() {
+            backward_row::<F16Odd, false>(&xs, &dys, w, mean, rstd, eps, &mut dxs, dw, db, false);
+        } else {
+            backward_row::<F16Odd, true>(&xs, &dys, w, mean, rstd, eps, &mut dxs, dw, db, false);
+        }
+        f16c::narrow(&dxs, dx, stream);
+    }
 }
 
 /// Rows longer than `LONG_ROW` and fewer than the threads: the threads share
@@ -338,6 +388,8 @@ struct RowBlock<'a, T: Element> {
     dx: &'a mut [T],
     partial: &'a mut [f64],
     stream: bool,
+    /// float16 rows may go through F16C (`f16c`): the CPU has it.
+    f16c: bool,
 }
 
 impl<T: Element> Kernel for RowBlock<'_, T> {
@@ -345,6 +397,30 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
 
     #[inline(always)]
     fn run(self) {
+        if self.f16c {
+            if let (Some(x), Some(dy), Some(dx)) = (
+                T::as_f16_slice(self.x),
+                T::as_f16_slice(self.dy),
+                T::as_f16_slice_mut(&mut *self.dx),
+            ) {
+                f16_rows(
+                    F16Rows {
+                        x,
+                        dy,
+                        mean: self.mean,
+                        rstd: self.rstd,
+                        cols: self.cols,
+                        w: self.w,
+                        eps: self.eps,
+                        stream: self.stream,
+                    },
+                    dx,
+                    self.partial,
+                );
+                fence(self.stream);
+                return;
+            }
+        }
         let cols = self.cols;
         let (dw, db) = self.partial.split_at_mut(per::<T>() * cols);
         let rows = self
@@ -813,7 +889,14 @@ mod tests {
             for weighted in [false, true] {
                 let scalar32 = grads::<f32>(Level::Scalar, 9, cols, 3.0, weighted);
                 let scalar64 = grads::<f64>(Level::Scalar, 9, cols, 3.0, weighted);
+                // float16 takes the F16C path from AVX2 on (`f16_rows`).
+                let scalar16 = grads::<half::f16>(Level::Scalar, 9, cols, 3.0, weighted);
                 for level in supported_levels() {
+                    assert_eq!(
+                        grads::<half::f16>(level, 9, cols, 3.0, weighted),
+                        scalar16,
+                        "{level} f16 cols {cols}"
+                    );
                     assert_eq!(
                         grads::<f32>(level, 9, cols, 3.0, weighted),
                         scalar32,
