@@ -30,6 +30,17 @@ impl<'a, T> Input<'a, T> {
         }
     }
 
+    /// A separate float16 input as such; None in place (or not float16).
+    fn as_f16(self) -> Option<&'a [half::f16]>
+    where
+        T: Element,
+    {
+        match self {
+            Input::Separate(x) => T::as_f16_slice(x),
+            Input::InPlace => None,
+        }
+    }
+
     /// Row `r` of a separate input; None in place.
     fn row(self, cols: usize, r: usize) -> Option<&'a [T]> {
         match self {
@@ -128,7 +139,7 @@ pub fn layer_norm_forward<T: Element>(
         long.run(y, sum, mean, rstd);
         return Ok(());
     }
-    let f16c = residual.is_none() && f16c::available(level);
+    let f16c = f16c::available(level);
     let parts = (
         (PerRow(y, cols), sum.map(|s| PerRow(s, cols))),
         PerRow(mean, 1),
@@ -352,7 +363,7 @@ struct RowBlock<'a, T: Element> {
     b: &'a [f64],
     eps: f64,
     stream: bool,
-    /// float16 rows may go through F16C (`f16c`): no residual, and the CPU has it.
+    /// float16 rows may go through F16C (`f16c`): the CPU has it.
     f16c: bool,
     y: &'a mut [T],
     sum: Option<&'a mut [T]>,
@@ -367,15 +378,19 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
     fn run(self) {
         if self.f16c {
             if let Some(y) = T::as_f16_slice_mut(&mut *self.y) {
-                let x = match self.x {
-                    Input::Separate(x) => T::as_f16_slice(x),
-                    Input::InPlace => None,
+                let rows = F16Rows {
+                    norm: self.norm,
+                    x: self.x.as_f16(),
+                    residual: self.residual.map(Input::as_f16),
+                    cols: self.cols,
+                    w: self.w,
+                    b: self.b,
+                    eps: self.eps,
+                    stream: self.stream,
                 };
-                let (w, b, stream) = (self.w, self.b, self.stream);
-                f16_rows(
-                    self.norm, x, y, self.cols, w, b, self.eps, stream, self.mean, self.rstd,
-                );
-                fence(stream);
+                let sum = self.sum.and_then(T::as_f16_slice_mut);
+                f16_rows(rows, y, sum, self.mean, self.rstd);
+                fence(self.stream);
                 return;
             }
         }
@@ -421,28 +436,55 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
     }
 }
 
-/// float16 rows through F16C (`f16c`): each row widened to f32, normalised by
-/// the f32 kernels into an f32 row rounded to odd, then narrowed, which gives
-/// the bits of the generic path's element-by-element conversions. `x` None:
-/// in place. The statistics are those of the same values, so mean and rstd are
-/// the generic path's too.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn f16_rows<S: Element>(
+/// A block of float16 rows for [`f16_rows`]: `x` None means in place (y holds
+/// it); `residual` Some(None) means the sum output holds the residual.
+struct F16Rows<'a> {
     norm: Norm,
-    x: Option<&[half::f16]>,
-    y: &mut [half::f16],
+    x: Option<&'a [half::f16]>,
+    residual: Option<Option<&'a [half::f16]>>,
     cols: usize,
-    w: &[f64],
-    b: &[f64],
+    w: &'a [f64],
+    b: &'a [f64],
     eps: f64,
     stream: bool,
+}
+
+/// float16 rows through F16C (`f16c`): each row widened to f32, normalised by
+/// the f32 kernels into an f32 row rounded to odd, then narrowed, which gives
+/// the bits of the generic path's element-by-element conversions. With a
+/// residual, `s = x + residual` is rounded the same way and narrowed into
+/// `sum`, then widened back: the row normalised is the stored float16 `s`. The
+/// statistics are those of the same values, so mean and rstd are the generic
+/// path's too.
+#[inline(always)]
+fn f16_rows<S: Element>(
+    rows: F16Rows<'_>,
+    y: &mut [half::f16],
+    sum: Option<&mut [half::f16]>,
     mean: &mut [S],
     rstd: &mut [S],
 ) {
+    let F16Rows {
+        norm,
+        x,
+        residual,
+        cols,
+        w,
+        b,
+        eps,
+        stream,
+    } = rows;
     let (mut xs, mut ys) = (vec![F16Odd::ZERO; cols], vec![F16Odd::ZERO; cols]);
+    let mut sums = sum.map(|s| s.chunks_exact_mut(cols));
     for (r, y) in y.chunks_exact_mut(cols).enumerate() {
-        f16c::widen(x.map_or(&*y, |x| &x[r * cols..(r + 1) * cols]), &mut xs);
+        let row = r * cols..(r + 1) * cols;
+        f16c::widen(x.map_or(&*y, |x| &x[row.clone()]), &mut xs);
+        if let (Some(residual), Some(s)) = (residual, sums.as_mut().and_then(|s| s.next())) {
+            f16c::widen(residual.map_or(&*s, |rs| &rs[row]), &mut ys);
+            add_residual(&xs, None, &mut ys);
+            f16c::narrow(&ys, s, stream);
+            f16c::widen(s, &mut xs);
+        }
         let stats = norm_stats(norm, &xs, eps);
         normalise_row(Some(&xs), &mut ys, &stats, w, b, false);
         f16c::narrow(&ys, y, stream);
@@ -695,6 +737,60 @@ mod tests {
             };
             layer_norm_forward(level, args, &mut y, None, &mut m, &mut r).unwrap();
             assert_eq!((y, m, r), scalar, "{level} in place");
+        }
+    }
+
+    /// The fused residual add for float16 (F16C from AVX2 on): y, s, mean and
+    /// rstd at every level are the scalar level's, with the residual separate
+    /// or held by the sum output, x separate or held by y.
+    #[test]
+    fn fused_f16_matches_scalar_at_every_level() {
+        let cols = 77;
+        let h = |seed, offset| -> Vec<half::f16> {
+            data(5 * cols, seed, offset)
+                .into_iter()
+                .map(half::f16::from_f64)
+                .collect()
+        };
+        let (x, res) = (h(5, 3.0), h(6, -1.0));
+        type Out = (Vec<half::f16>, Vec<half::f16>, Vec<f32>, Vec<f32>);
+        let fused = |level, x_in_y: bool, res_in_sum: bool| -> Out {
+            let mut y = if x_in_y {
+                x.clone()
+            } else {
+                vec![half::f16::ZERO; x.len()]
+            };
+            let mut sum = if res_in_sum {
+                res.clone()
+            } else {
+                vec![half::f16::ZERO; x.len()]
+            };
+            let (mut m, mut r) = (vec![0.0f32; 5], vec![0.0f32; 5]);
+            let args = Forward {
+                norm: Norm::Layer,
+                x: if x_in_y {
+                    Input::InPlace
+                } else {
+                    Input::Separate(&x)
+                },
+                residual: Some(if res_in_sum {
+                    Input::InPlace
+                } else {
+                    Input::Separate(&res)
+                }),
+                cols,
+                weight: None,
+                bias: None,
+                eps: 1e-5,
+            };
+            layer_norm_forward(level, args, &mut y, Some(&mut sum), &mut m, &mut r).unwrap();
+            (y, sum, m, r)
+        };
+        for (x_in_y, res_in_sum) in [(false, false), (true, false), (false, true)] {
+            let scalar = fused(Level::Scalar, x_in_y, res_in_sum);
+            for level in supported_levels() {
+                assert_eq!(fused(level, x_in_y, res_in_sum), scalar, "{level}");
+            }
         }
     }
 
