@@ -319,7 +319,8 @@ struct Moments {
 
 impl Moments {
     /// From the sums of `n` values around `m0`: Σ(d − c)² = Σd² − n·c² with
-    /// `c = Σd/n`; c is tiny next to the spread, so no cancellation.
+    /// `c = Σd/n`. Around a first mean c is tiny next to the spread, so nothing
+    /// cancels; around `x[0]` (`one_pass_wide`) it is bounded there.
     #[inline(always)]
     fn around(m0: f64, s: Centred, n: f64) -> Self {
         let corr = s.sum / n;
