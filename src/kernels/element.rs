@@ -1,6 +1,8 @@
 //! Storage types the kernels accept, and how each widens to the f64 the
 //! statistics are accumulated in.
 
+use super::stats::LANES;
+
 /// A floating-point storage type for activations, gradients and affine parameters.
 pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
     /// True when f64 is wider than the storage type. Then a difference of two
@@ -18,6 +20,17 @@ pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
 
     /// The slice itself when the storage type is f64.
     fn as_f64_slice(s: &[Self]) -> Option<&[f64]>;
+
+    /// A chunk rounded as `from_f64` rounds each element; a type may do the
+    /// common case faster.
+    #[inline(always)]
+    fn from_f64_chunk(t: &[f64; LANES]) -> [Self; LANES] {
+        let mut out = [Self::ZERO; LANES];
+        for j in 0..LANES {
+            out[j] = Self::from_f64(t[j]);
+        }
+        out
+    }
 
     /// The slice itself when the storage type is f16 (for `f16c`).
     fn as_f16_slice(_: &[Self]) -> Option<&[half::f16]> {
@@ -271,6 +284,32 @@ impl Element for half::bf16 {
         let sign = ((v.to_bits() >> 48) & 0x8000) as u16;
         half::bf16::from_bits(round_f64_to_narrow(v, 7, 127, 255) as u16 | sign)
     }
+    /// When every element is zero or in [2^-126, 2^127) — f32's normal range,
+    /// short of where bf16 overflows — through f32: round-to-odd there, then to
+    /// nearest on the f32 bits (bf16 is f32's upper half), one correct rounding
+    /// (`round_to_odd_f32`). Otherwise (subnormal, huge, infinite or NaN
+    /// elements: rare) element by element.
+    #[inline(always)]
+    fn from_f64_chunk(t: &[f64; LANES]) -> [Self; LANES] {
+        let mut common = true;
+        for &v in t {
+            let a = v.abs();
+            common &= a == 0.0 || (a >= f64::from(f32::MIN_POSITIVE) && a < 2f64.powi(127));
+        }
+        let mut out = [half::bf16::ZERO; LANES];
+        if !common {
+            // Not `Self::from_f64`: that is the half crate's, which rounds twice.
+            for j in 0..LANES {
+                out[j] = <Self as Element>::from_f64(t[j]);
+            }
+            return out;
+        }
+        for j in 0..LANES {
+            let f = round_to_odd_f32(t[j]).to_bits();
+            out[j] = half::bf16::from_bits(((f + 0x7fff + ((f >> 16) & 1)) >> 16) as u16);
+        }
+        out
+    }
     fn as_f64_slice(_: &[Self]) -> Option<&[f64]> {
         None
     }
@@ -488,5 +527,63 @@ mod tests {
         assert_eq!((b(f64::MAX), b(f64::NEG_INFINITY)), (0x7f80, 0xff80));
         assert_eq!((f(f64::NAN), f(-f64::NAN)), (0x7e00, 0xfe00));
         assert_eq!((b(f64::NAN), b(-f64::NAN)), (0x7fc0, 0xffc0));
+    }
+
+    /// `from_f64_chunk` (bf16's fast path for the common case included) gives
+    /// `from_f64`'s bits for every element, on chunks that mix normal values
+    /// near bf16 midpoints with zeros, subnormals, huge values, infinities and
+    /// NaN, and on chunks of common values only.
+    #[test]
+    fn chunks_round_as_elements_do() {
+        fn check<T: Element>(t: &[f64; LANES]) {
+            let chunk = T::from_f64_chunk(t);
+            for j in 0..LANES {
+                let one = <T as Element>::from_f64(t[j]);
+                assert!(
+                    chunk[j] == one || (chunk[j] != chunk[j] && one != one),
+                    "{:e}: {:?} vs {:?}",
+                    t[j],
+                    chunk[j],
+                    one
+                );
+            }
+        }
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let odd = [
+            0.0,
+            -0.0,
+            3.9e-39,
+            -1e-45,
+            1e-300,
+            3.4e38,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for round in 0..20_000 {
+            let mut t = [0.0; LANES];
+            for v in t.iter_mut() {
+                // Near a bf16 midpoint: 8 significant bits, then a half, then noise.
+                let m = (next() % 256 + 256) as f64 + 0.5 + (next() % 3) as f64 * 1e-9 - 1e-9;
+                let e = (next() % 240) as i32 - 140;
+                *v = m * 2f64.powi(e) * if next() % 2 == 0 { 1.0 } else { -1.0 };
+            }
+            if round % 2 == 0 {
+                t[(next() % LANES as u64) as usize] = odd[round / 2 % odd.len()];
+                // Near a midpoint of bf16's subnormal grid (2^-133 apart).
+                let k = (next() % 128) as f64 + 0.5 + (next() % 3) as f64 * 1e-9 - 1e-9;
+                t[(next() % LANES as u64) as usize] = k * 2f64.powi(-133);
+            }
+            check::<half::bf16>(&t);
+            check::<half::f16>(&t);
+            check::<f32>(&t);
+            check::<F16Odd>(&t);
+        }
     }
 }

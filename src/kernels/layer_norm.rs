@@ -597,14 +597,14 @@ fn chunk<T: Element, const W: bool, const B: bool, const SCALED: bool>(
     w: &[f64],
     b: &[f64],
 ) -> [T; LANES] {
-    let mut out = [T::ZERO; LANES];
+    let mut t = [0.0; LANES];
     for j in 0..LANES {
         let v = if SCALED {
             x[j].to_f64() * s.scale
         } else {
             x[j].to_f64()
         };
-        let t = if T::WIDE {
+        t[j] = if T::WIDE {
             let d = (v - s.shift) - s.corr;
             match (W, B) {
                 (true, true) => d.mul_add(s.rstd_scaled * w[j], b[j]),
@@ -616,9 +616,8 @@ fn chunk<T: Element, const W: bool, const B: bool, const SCALED: bool>(
             let (w, b) = (if W { w[j] } else { 1.0 }, if B { b[j] } else { 0.0 });
             exact_affine::<W, B>(v, s, w, b)
         };
-        out[j] = T::from_f64(t);
     }
-    out
+    T::from_f64_chunk(&t)
 }
 
 /// `((v − shift) − corr)·rstd·w + b` for f64 storage, in double-double steps and
