@@ -172,6 +172,18 @@ def out_array(out, x: np.ndarray, name: str = "out") -> np.ndarray:
     return out
 
 
+def apart(a: np.ndarray, outputs, in_place: np.ndarray | None = None) -> np.ndarray:
+    """`a` as a kernel may read it while it writes `outputs` (C-contiguous
+    arrays, None skipped): `a` itself when no output overlaps it; the output
+    `in_place` when `a` is exactly its elements (the kernels read each chunk
+    before writing it); else a copy."""
+    for o in outputs:
+        if o is not None and np.may_share_memory(a, o):
+            same = a.__array_interface__["data"][0] == o.__array_interface__["data"][0]
+            return o if o is in_place and same else a.copy()
+    return a
+
+
 def like_x(a, x: np.ndarray, name: str) -> np.ndarray:
     """An input that must match `x` in shape and dtype (as `dy` does), C-contiguous."""
     a = float_array(a, name)

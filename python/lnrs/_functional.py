@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import _checks, _lnrs
 
 
@@ -156,24 +154,13 @@ def forward_checked(native, x, normalized_shape, weight, bias, eps, out, stats):
     eps = _checks.eps_value(eps)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     bias = _checks.parameter(bias, "bias", dims, x.dtype)
-    src = _checks.c_aligned(x)
     if out is not None:
         out = _checks.out_array(out, x)
-        # Parameters are read for every row: keep them out of the way of the output.
-        if weight is not None and np.may_share_memory(weight, out):
-            weight = weight.copy()
-        if bias is not None and np.may_share_memory(bias, out):
-            bias = bias.copy()
-        if np.may_share_memory(src, out):
-            # Exactly the same elements: in place, which the kernel handles
-            # (it reads each chunk before writing it). Otherwise a copy.
-            src = out if _same_memory(src, out) else src.copy()
+    # Parameters are read for every row: kept out of the way of the output.
+    weight = None if weight is None else _checks.apart(weight, [out])
+    bias = None if bias is None else _checks.apart(bias, [out])
+    src = _checks.apart(_checks.c_aligned(x), [out], in_place=out)
     result = native(src, dims, weight, bias, eps, out, stats)
     if result is None:
         raise AssertionError("lnrs: the native fast path declined checked arguments")
     return result
-
-
-def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two C-contiguous arrays of one shape and dtype are the same elements."""
-    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]

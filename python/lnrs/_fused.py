@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, _lnrs
-from ._functional import _same_memory
 from ._rms_norm import _eps
 
 
@@ -77,30 +76,17 @@ def _add_checked(rms, x, residual, normalized_shape, weight, bias, eps, out, sum
     eps = _checks.eps_value(eps)
     weight = _checks.parameter(weight, "weight", dims, x.dtype)
     bias = _checks.parameter(bias, "bias", dims, x.dtype)
-    x = _checks.c_aligned(x)
-    outputs = []
     if out is not None:
-        outputs.append(_checks.out_array(out, x, "out"))
+        out = _checks.out_array(out, x, "out")
     if sum_out is not None:
-        outputs.append(_checks.out_array(sum_out, x, "sum_out"))
+        sum_out = _checks.out_array(sum_out, x, "sum_out")
     if out is not None and sum_out is not None and np.may_share_memory(out, sum_out):
         raise ValueError("out and sum_out must not overlap")
-
-    def clear(a, in_place_ok=None):
-        """`a`, or a copy of it when an output overlaps it (other than `in_place_ok`)."""
-        for o in outputs:
-            if np.may_share_memory(a, o) and not (o is in_place_ok and _same_memory(a, o)):
-                return a.copy()
-        return a
-
-    weight = None if weight is None else clear(weight)
-    bias = None if bias is None else clear(bias)
-    x = clear(x, out)
-    if out is not None and x is not out and _same_memory(x, out):
-        x = out
-    residual = clear(residual, sum_out)
-    if sum_out is not None and residual is not sum_out and _same_memory(residual, sum_out):
-        residual = sum_out
+    outputs = [out, sum_out]
+    weight = None if weight is None else _checks.apart(weight, outputs)
+    bias = None if bias is None else _checks.apart(bias, outputs)
+    x = _checks.apart(_checks.c_aligned(x), outputs, in_place=out)
+    residual = _checks.apart(residual, outputs, in_place=sum_out)
     result = _lnrs.add_norm_forward(rms, x, residual, dims, weight, bias, eps, out, sum_out)
     if result is None:
         raise AssertionError("lnrs: the native fast path declined checked arguments")
