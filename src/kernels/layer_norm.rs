@@ -653,13 +653,15 @@ mod tests {
     use crate::kernels::simd::supported_levels;
     use crate::kernels::test_data as data;
 
+    type Outputs<T> = (Vec<T>, Vec<<T as Element>::Stat>, Vec<<T as Element>::Stat>);
+
     fn run<T: Element>(
         level: Level,
         x: &[T],
         cols: usize,
         w: Option<&[T]>,
         b: Option<&[T]>,
-    ) -> (Vec<T>, Vec<T::Stat>, Vec<T::Stat>) {
+    ) -> Outputs<T> {
         let rows = x.len() / cols;
         let (mut y, mut m, mut r) = (
             vec![T::ZERO; x.len()],
@@ -673,6 +675,27 @@ mod tests {
             cols,
             weight: w.map(Param::Storage),
             bias: b.map(Param::Storage),
+            eps: 1e-5,
+        };
+        layer_norm_forward(level, args, &mut y, None, &mut m, &mut r).unwrap();
+        (y, m, r)
+    }
+
+    /// [`run`] in place (`y` holds x on entry), no weight or bias.
+    fn run_in_place<T: Element>(level: Level, x: &[T], cols: usize) -> Outputs<T> {
+        let rows = x.len() / cols;
+        let (mut y, mut m, mut r) = (
+            x.to_vec(),
+            vec![T::Stat::ZERO; rows],
+            vec![T::Stat::ZERO; rows],
+        );
+        let args = Forward {
+            norm: Norm::Layer,
+            x: Input::InPlace,
+            residual: None,
+            cols,
+            weight: None,
+            bias: None,
             eps: 1e-5,
         };
         layer_norm_forward(level, args, &mut y, None, &mut m, &mut r).unwrap();
@@ -724,18 +747,7 @@ mod tests {
             .collect();
         let scalar = run(Level::Scalar, &x, cols, None, None);
         for level in supported_levels() {
-            let (mut y, mut m, mut r) = (x.clone(), vec![0.0f32; 6], vec![0.0f32; 6]);
-            let args = Forward {
-                norm: Norm::Layer,
-                x: Input::InPlace,
-                residual: None,
-                cols,
-                weight: None,
-                bias: None,
-                eps: 1e-5,
-            };
-            layer_norm_forward(level, args, &mut y, None, &mut m, &mut r).unwrap();
-            assert_eq!((y, m, r), scalar, "{level} in place");
+            assert_eq!(run_in_place(level, &x, cols), scalar, "{level} in place");
         }
     }
 
@@ -800,28 +812,11 @@ mod tests {
             .into_iter()
             .map(|v| v as f32)
             .collect();
-        let (y, m, r) = run(Level::Scalar, &x, cols, None, None);
-        let mut z = x.clone();
-        let (mut m2, mut r2) = (vec![0.0; 5], vec![0.0; 5]);
-        let args = Forward {
-            norm: Norm::Layer,
-            x: Input::InPlace,
-            residual: None,
-            cols,
-            weight: None,
-            bias: None,
-            eps: 1e-5,
-        };
-        layer_norm_forward(
-            crate::kernels::simd::active(),
-            args,
-            &mut z,
-            None,
-            &mut m2,
-            &mut r2,
-        )
-        .unwrap();
-        assert_eq!((z, m2, r2), (y, m, r));
+        let level = crate::kernels::simd::active();
+        assert_eq!(
+            run_in_place(level, &x, cols),
+            run(level, &x, cols, None, None)
+        );
     }
 
     #[test]
