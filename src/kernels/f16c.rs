@@ -10,56 +10,64 @@
 //! Only NaN payloads could differ; NaNs are written as the generic path writes
 //! them (sign kept, quiet, no payload).
 
-use super::element::F16Odd;
+use super::element::{Element, F16Odd};
 use super::simd::Level;
 use half::f16;
 
-/// Whether [`widen`] and [`narrow`] may run at `level`: from AVX2 on, where the
-/// CPU has F16C (every AVX2 CPU so far has). Lower levels keep the generic path,
-/// so that forcing a level still tests it.
+/// Whether float16 rows should take this path at `level`: from AVX2 on, where
+/// the CPU has F16C (every AVX2 CPU so far has). Lower levels keep the generic
+/// path, so that forcing a level still tests it.
 pub fn available(level: Level) -> bool {
+    level >= Level::Avx2 && level.is_supported() && has_f16c()
+}
+
+fn has_f16c() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        level >= Level::Avx2 && level.is_supported() && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = level;
         false
     }
 }
 
-/// `src` widened into `dst` (equal lengths). Call only where [`available`].
+/// `src` widened into `dst` (equal lengths): by F16C where the CPU has it,
+/// else element by element, with the same values either way.
 pub fn widen(src: &[f16], dst: &mut [F16Odd]) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: callers check `available`, so the CPU has AVX2 and F16C; the
-    // lengths are equal.
-    unsafe {
-        x86::widen(src, dst)
+    if has_f16c() {
+        // SAFETY: the CPU has AVX2 and F16C (checked); the lengths are equal.
+        unsafe { x86::widen(src, dst) };
+        return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("F16C is x86-64 only")
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = F16Odd::from_f64(s.to_f64());
+    }
 }
 
 /// `src` (rounded to odd) narrowed into `dst` to nearest, ties to even
-/// (equal lengths); with `stream`, the 16-byte-aligned part by streaming
-/// stores (the caller fences). Call only where [`available`].
+/// (equal lengths), by F16C where the CPU has it, else element by element,
+/// with the same bits either way; with `stream`, the 16-byte-aligned part by
+/// streaming stores (the caller fences).
 pub fn narrow(src: &[F16Odd], dst: &mut [f16], stream: bool) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in `widen`.
-    unsafe {
-        x86::narrow(src, dst, stream)
+    if has_f16c() {
+        // SAFETY: as in `widen`.
+        unsafe { x86::narrow(src, dst, stream) };
+        return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("F16C is x86-64 only")
+    let _ = stream;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = <f16 as Element>::from_f64(s.to_f64());
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{f16, F16Odd};
-    use crate::kernels::element::Element;
+    use super::{f16, Element, F16Odd};
     use crate::kernels::stream::unaligned_head;
     use std::arch::x86_64::*;
 
@@ -118,7 +126,6 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::element::Element;
     use crate::kernels::simd::supported_levels;
 
     #[test]
