@@ -21,8 +21,11 @@ pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
     /// The slice itself when the storage type is f64.
     fn as_f64_slice(s: &[Self]) -> Option<&[f64]>;
 
+    /// Whether `from_f64_chunk` is faster than `from_f64` element by element.
+    const CHUNKED: bool = false;
+
     /// A chunk rounded as `from_f64` rounds each element; a type may do the
-    /// common case faster.
+    /// common case faster (and say so by `CHUNKED`).
     #[inline(always)]
     fn from_f64_chunk(t: &[f64; LANES]) -> [Self; LANES] {
         let mut out = [Self::ZERO; LANES];
@@ -272,6 +275,7 @@ impl Element for F16Odd {
 
 impl Element for half::bf16 {
     const WIDE: bool = true;
+    const CHUNKED: bool = true;
     const ZERO: Self = half::bf16::ZERO;
     type Stat = f32;
 

@@ -644,7 +644,9 @@ struct RowConsts {
     b_lo: f64,
 }
 
-/// dx, and the column sums' terms, for elements of equal-length slices.
+/// dx, and the column sums' terms, for elements of equal-length slices of at
+/// most LANES; for a storage type with a faster whole-chunk rounding
+/// (`Element::CHUNKED`), a whole chunk of dx is rounded by `from_f64_chunk`.
 #[inline(always)]
 fn grad<T: Element, const W: bool>(
     x: &[T],
@@ -655,12 +657,14 @@ fn grad<T: Element, const W: bool>(
     dw: &mut [f64],
     db: &mut [f64],
 ) {
-    for j in 0..x.len() {
+    let mut out = [0.0; LANES];
+    let n = x.len().min(LANES);
+    for j in 0..n {
         let d = dy[j].to_f64();
         if T::WIDE {
             let g = if W { d * w[j] } else { d };
             let xhat = ((x[j].to_f64() - k.mean) - k.c) * k.rstd;
-            dx[j] = T::from_f64(k.rstd * (-xhat).mul_add(k.b, g - k.a));
+            set(&mut out, dx, j, k.rstd * (-xhat).mul_add(k.b, g - k.a));
             dw[j] = d.mul_add(xhat, dw[j]);
             db[j] += d;
             continue;
@@ -679,7 +683,12 @@ fn grad<T: Element, const W: bool>(
         let (h, he) = two_sum(h0, -xb);
         let hl = ((h0e + he) + (gl - k.a_lo)) - xbl;
         let (o, oe) = two_prod(k.rstd, h);
-        dx[j] = T::from_f64(o + k.rstd.mul_add(hl, k.rstd_lo.mul_add(h, oe)));
+        set(
+            &mut out,
+            dx,
+            j,
+            o + k.rstd.mul_add(hl, k.rstd_lo.mul_add(h, oe)),
+        );
         // Column sums as (sum, error) pairs: dy·xhat split exactly, each
         // addition's rounding error kept (TwoSum).
         let (t, te) = two_prod(d, p);
@@ -689,6 +698,25 @@ fn grad<T: Element, const W: bool>(
         let (s, e) = two_sum(db[2 * j], d);
         db[2 * j] = s;
         db[2 * j + 1] += e;
+    }
+    if T::CHUNKED {
+        if n == LANES {
+            dx.copy_from_slice(&T::from_f64_chunk(&out));
+        } else {
+            for j in 0..n {
+                dx[j] = T::from_f64(out[j]);
+            }
+        }
+    }
+}
+
+/// dx[j] = v: rounded now, or kept in `out` for [`grad`]'s whole-chunk rounding.
+#[inline(always)]
+fn set<T: Element>(out: &mut [f64; LANES], dx: &mut [T], j: usize, v: f64) {
+    if T::CHUNKED {
+        out[j] = v;
+    } else {
+        dx[j] = T::from_f64(v);
     }
 }
 
@@ -889,13 +917,20 @@ mod tests {
             for weighted in [false, true] {
                 let scalar32 = grads::<f32>(Level::Scalar, 9, cols, 3.0, weighted);
                 let scalar64 = grads::<f64>(Level::Scalar, 9, cols, 3.0, weighted);
-                // float16 takes the F16C path from AVX2 on (`f16_rows`).
+                // float16 takes the F16C path from AVX2 on (`f16_rows`); bfloat16
+                // rounds whole chunks (`from_f64_chunk`).
                 let scalar16 = grads::<half::f16>(Level::Scalar, 9, cols, 3.0, weighted);
+                let scalar_b16 = grads::<half::bf16>(Level::Scalar, 9, cols, 3.0, weighted);
                 for level in supported_levels() {
                     assert_eq!(
                         grads::<half::f16>(level, 9, cols, 3.0, weighted),
                         scalar16,
                         "{level} f16 cols {cols}"
+                    );
+                    assert_eq!(
+                        grads::<half::bf16>(level, 9, cols, 3.0, weighted),
+                        scalar_b16,
+                        "{level} bf16 cols {cols}"
                     );
                     assert_eq!(
                         grads::<f32>(level, 9, cols, 3.0, weighted),
