@@ -751,32 +751,31 @@ mod tests {
         }
     }
 
-    /// The fused residual add for float16 (F16C from AVX2 on): y, s, mean and
-    /// rstd at every level are the scalar level's, with the residual separate
-    /// or held by the sum output, x separate or held by y.
-    #[test]
-    fn fused_f16_matches_scalar_at_every_level() {
+    /// The fused residual add for the half types (float16 through F16C from
+    /// AVX2 on, bfloat16 by chunks): y, s, mean and rstd at every level are
+    /// the scalar level's, with the residual separate or held by the sum
+    /// output, x separate or held by y.
+    fn fused_matches_scalar_at_every_level<T: Element>() {
         let cols = 77;
-        let h = |seed, offset| -> Vec<half::f16> {
+        let h = |seed, offset| -> Vec<T> {
             data(5 * cols, seed, offset)
                 .into_iter()
-                .map(half::f16::from_f64)
+                .map(T::from_f64)
                 .collect()
         };
         let (x, res) = (h(5, 3.0), h(6, -1.0));
-        type Out = (Vec<half::f16>, Vec<half::f16>, Vec<f32>, Vec<f32>);
-        let fused = |level, x_in_y: bool, res_in_sum: bool| -> Out {
+        let fused = |level, x_in_y: bool, res_in_sum: bool| {
             let mut y = if x_in_y {
                 x.clone()
             } else {
-                vec![half::f16::ZERO; x.len()]
+                vec![T::ZERO; x.len()]
             };
             let mut sum = if res_in_sum {
                 res.clone()
             } else {
-                vec![half::f16::ZERO; x.len()]
+                vec![T::ZERO; x.len()]
             };
-            let (mut m, mut r) = (vec![0.0f32; 5], vec![0.0f32; 5]);
+            let (mut m, mut r) = (vec![T::Stat::ZERO; 5], vec![T::Stat::ZERO; 5]);
             let args = Forward {
                 norm: Norm::Layer,
                 x: if x_in_y {
@@ -803,6 +802,12 @@ mod tests {
                 assert_eq!(fused(level, x_in_y, res_in_sum), scalar, "{level}");
             }
         }
+    }
+
+    #[test]
+    fn fused_half_types_match_scalar_at_every_level() {
+        fused_matches_scalar_at_every_level::<half::f16>();
+        fused_matches_scalar_at_every_level::<half::bf16>();
     }
 
     #[test]
