@@ -15,7 +15,7 @@ use super::element::{Element, F16Odd, Param};
 use super::f16c;
 use super::simd::{dispatch, Kernel, Level};
 use super::stats::{
-    add_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, Lanes, LANES,
+    add_block_pairs, div_pair, reduce, rstd_from, two_prod, two_sum, Centred, Exact, Lanes, LANES,
     LONG_ROW, SPLIT_BLOCK,
 };
 use super::stream::{fence, store_chunk, unaligned_head, worth_streaming};
@@ -505,13 +505,7 @@ fn backward_row<T: Element, const W: bool>(
 
 /// Per-block row sums added in block order.
 fn add_sums<T: Element>(parts: &[Sums]) -> Sums {
-    std::array::from_fn(|i| {
-        if T::WIDE {
-            (parts.iter().map(|p| p[i].0).sum(), 0.0)
-        } else {
-            add_pairs(parts.iter().map(|p| p[i]))
-        }
-    })
+    std::array::from_fn(|i| add_block_pairs::<T>(parts.iter().map(|p| p[i])))
 }
 
 impl RowConsts {

@@ -260,20 +260,23 @@ pub fn block_centred_sums<T: Element>(x: &[T], m: f64) -> Centred {
 
 /// Add per-block sums in block order; compensated (TwoSum) for f64 storage.
 pub fn add_blocks<T: Element>(parts: impl IntoIterator<Item = f64>) -> f64 {
-    if T::WIDE {
-        return parts.into_iter().sum();
-    }
-    add_pairs(parts.into_iter().map(|p| (p, 0.0))).0
+    add_block_pairs::<T>(parts.into_iter().map(|p| (p, 0.0))).0
 }
 
-/// Add per-block centred sums in block order, as [`add_blocks`] does; for f64
-/// storage the squares stay a pair.
-pub fn add_centred<T: Element>(parts: &[Centred]) -> Centred {
-    let (squares, squares_lo) = if T::WIDE {
-        (parts.iter().map(|p| p.squares).sum(), 0.0)
+/// Add per-block `(sum, rest)` pairs in block order: error-free for f64
+/// storage ([`add_pairs`]); plain sums for narrower storage, whose rests are 0.
+pub fn add_block_pairs<T: Element>(parts: impl IntoIterator<Item = (f64, f64)>) -> (f64, f64) {
+    if T::WIDE {
+        (parts.into_iter().map(|p| p.0).sum(), 0.0)
     } else {
-        add_pairs(parts.iter().map(|p| (p.squares, p.squares_lo)))
-    };
+        add_pairs(parts)
+    }
+}
+
+/// Add per-block centred sums in block order, as [`add_block_pairs`] does.
+pub fn add_centred<T: Element>(parts: &[Centred]) -> Centred {
+    let (squares, squares_lo) =
+        add_block_pairs::<T>(parts.iter().map(|p| (p.squares, p.squares_lo)));
     Centred {
         sum: add_blocks::<T>(parts.iter().map(|p| p.sum)),
         squares,
