@@ -521,18 +521,24 @@ impl RowConsts {
         eps: Option<f64>,
     ) -> Self {
         let n = n as f64;
-        let c = if mean.is_some() { su.0 / n } else { 0.0 };
-        let (rstd, rstd_lo) = eps
-            .map(|eps| {
-                let s = Centred {
-                    sum: if mean.is_some() { su.0 } else { 0.0 },
-                    squares: suu.0,
-                    squares_lo: suu.1,
-                };
-                rstd_from(s, n, eps)
-            })
-            .filter(|r| r.0.is_finite())
-            .unwrap_or((rstd, 0.0));
+        // Σu, which corrects the mean; RMSNorm centres nothing.
+        let centre = if mean.is_some() { su.0 } else { 0.0 };
+        let c = centre / n;
+        // No closures here: one may be compiled out of line, without the
+        // caller's target features (and its FMAs in software).
+        let mut rstd = (rstd, 0.0);
+        if let Some(eps) = eps {
+            let s = Centred {
+                sum: centre,
+                squares: suu.0,
+                squares_lo: suu.1,
+            };
+            let exact = rstd_from(s, n, eps);
+            if exact.0.is_finite() {
+                rstd = exact;
+            }
+        }
+        let (rstd, rstd_lo) = rstd;
         let (a, a_lo) = if mean.is_some() {
             div_pair(sg, n)
         } else {
