@@ -1,8 +1,9 @@
 """lnrs.cuda: the CuPy path.
 
-Runs in three tiers: without CuPy everything here skips; with CuPy and NVRTC but no GPU,
-compile_all (every kernel variant through NVRTC) and the argument checks run; with a GPU, each
-function is compared against a float64 NumPy reference.
+The numerical tests run twice: on a GPU through CuPy (skipped without one), and on the CPU
+emulator in tests/emulated_gpu (norm.cu compiled with g++, CTAs as fibers, a host stand-in
+for CuPy; skipped without a C++ compiler). compile_all (every kernel variant through NVRTC)
+needs CuPy and NVRTC but no GPU.
 """
 
 from __future__ import annotations
@@ -12,19 +13,32 @@ import sys
 
 import numpy as np
 import pytest
-
-cupy = pytest.importorskip("cupy")
-lcuda = pytest.importorskip("lnrs.cuda")
+from emulated_gpu import build, cupy_on_host
 
 
-def _gpu_count() -> int:
+def _gpu_count(cupy) -> int:
     try:
         return cupy.cuda.runtime.getDeviceCount()
     except Exception:  # CUDARuntimeError without a driver or a device
         return 0
 
 
-needs_gpu = pytest.mark.skipif(_gpu_count() < 1, reason="no CUDA device")
+@pytest.fixture(scope="module", params=["emulator", "gpu"])
+def gpu(request):
+    """(cupy, lnrs.cuda): CuPy on a CUDA device, or the emulator's stand-in on this CPU."""
+    if request.param == "gpu":
+        cupy = pytest.importorskip("cupy")
+        if _gpu_count(cupy) < 1:
+            pytest.skip("no CUDA device")
+        import lnrs.cuda
+
+        yield cupy, lnrs.cuda
+    else:
+        if build.compiler() is None:
+            pytest.skip("no C++ compiler for the GPU emulator")
+        with cupy_on_host.installed() as lc:
+            yield cupy_on_host, lc
+
 
 WIDTHS = [64, 768, 1000, 1024, 4096, 8192, 16384, 20000]
 # Absolute tolerance on outputs of size ~1, relative to the largest reference value.
@@ -37,6 +51,8 @@ def test_import_lnrs_does_not_import_cupy():
 
 
 def test_compile_all_without_gpu():
+    pytest.importorskip("cupy")
+    lcuda = pytest.importorskip("lnrs.cuda")
     try:
         version = lcuda.nvrtc_version()
     except (ImportError, RuntimeError) as e:
@@ -46,9 +62,10 @@ def test_compile_all_without_gpu():
     assert all(n.startswith("_Z") for n in names)
 
 
-def test_numpy_input_is_a_type_error():
+def test_numpy_input_is_a_type_error(gpu):
+    _, lc = gpu
     with pytest.raises(TypeError, match="cupy.ndarray"):
-        lcuda.layer_norm(np.zeros((2, 4), np.float32), 4)
+        lc.layer_norm(np.zeros((2, 4), np.float32), 4)
 
 
 def _dtype(name):
@@ -57,14 +74,14 @@ def _dtype(name):
     return np.dtype(name)
 
 
-def _dev(a):
+def _dev(cupy, a):
     try:
         return cupy.asarray(a)
     except Exception as e:  # CuPy without bfloat16
         pytest.skip(f"CuPy cannot hold {a.dtype}: {e}")
 
 
-def _host(a):
+def _host(cupy, a):
     return cupy.asnumpy(a).astype(np.float64)
 
 
@@ -93,8 +110,8 @@ def _ref_backward(dy, x, mean, rstd, w, rms):
     return dx, (dy * xhat).sum(axis=0), dy.sum(axis=0)
 
 
-def _close(got, ref, dtype_name, what, scale=None):
-    got = _host(got)
+def _close(cupy, got, ref, dtype_name, what, scale=None):
+    got = _host(cupy, got)
     scale = max(1.0, float(np.abs(ref).max())) if scale is None else scale
     err = float(np.abs(got - ref).max()) / scale
     assert err <= TOL[dtype_name], f"{what}: error {err:.3g} > {TOL[dtype_name]}"
@@ -115,13 +132,13 @@ def _data(dtype_name, n, seed=0):
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
 
 
-@needs_gpu
 @pytest.mark.parametrize("rms", [False, True], ids=["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("n", WIDTHS)
 @pytest.mark.parametrize("dtype_name", DTYPES)
-def test_forward_and_backward(dtype_name, n, rms):
+def test_forward_and_backward(dtype_name, n, rms, gpu):
+    cupy, lcuda = gpu
     x, _, dy, w, b = _data(dtype_name, n)
-    xd, dyd, wd, bd = _dev(x), _dev(dy), cupy.asarray(w), cupy.asarray(b)
+    xd, dyd, wd, bd = _dev(cupy, x), _dev(cupy, dy), cupy.asarray(w), cupy.asarray(b)
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     eps = 1e-5
     y_ref, mean_ref, rstd_ref = _ref_forward(x64, w, None if rms else b, eps, rms)
@@ -131,11 +148,11 @@ def test_forward_and_backward(dtype_name, n, rms):
     else:
         y, mean, rstd = lcuda.layer_norm_forward(xd, n, wd, bd, eps)
         y2 = lcuda.layer_norm(xd, (n,), wd, bd, eps)
-        _close(mean, mean_ref, dtype_name, "mean")
+        _close(cupy, mean, mean_ref, dtype_name, "mean")
     assert isinstance(y, cupy.ndarray) and y.dtype == xd.dtype and y.shape == x.shape
     assert cupy.array_equal(y, y2)
-    _close(y, y_ref, dtype_name, "y")
-    _close(rstd, rstd_ref, dtype_name, "rstd", scale=float(rstd_ref.max()))
+    _close(cupy, y, y_ref, dtype_name, "y")
+    _close(cupy, rstd, rstd_ref, dtype_name, "rstd", scale=float(rstd_ref.max()))
 
     dx_ref, dw_ref, db_ref = _ref_backward(dy64, x64, mean_ref, rstd_ref, w, rms)
     for eps_arg in (None, eps):
@@ -143,33 +160,39 @@ def test_forward_and_backward(dtype_name, n, rms):
             dx, dw = lcuda.rms_norm_backward(dyd, xd, rstd, n, wd, eps=eps_arg)
         else:
             dx, dw, db = lcuda.layer_norm_backward(dyd, xd, mean, rstd, n, wd, eps=eps_arg)
-            _close(db, db_ref, dtype_name, "dbias", scale=float(np.abs(dy64).sum(axis=0).max()))
+            _close(
+                cupy, db, db_ref, dtype_name, "dbias", scale=float(np.abs(dy64).sum(axis=0).max())
+            )
         assert dx.dtype == xd.dtype
-        _close(dx, dx_ref, dtype_name, "dx")
+        _close(cupy, dx, dx_ref, dtype_name, "dx")
         scale = float(np.abs(dy64 * (x64 - mean_ref[:, None]) * rstd_ref[:, None]).sum(0).max())
-        _close(dw, dw_ref, dtype_name, "dweight", scale=scale)
+        _close(cupy, dw, dw_ref, dtype_name, "dweight", scale=scale)
 
 
-@needs_gpu
 @pytest.mark.parametrize("rms", [False, True], ids=["add_layer_norm", "add_rms_norm"])
 @pytest.mark.parametrize("n", [64, 1000, 4096, 20000])
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
-def test_add_norm(dtype_name, n, rms):
+def test_add_norm(dtype_name, n, rms, gpu):
+    cupy, lcuda = gpu
     x, r, _, w, b = _data(dtype_name, n, seed=1)
-    xd, rd = _dev(x), _dev(r)
+    xd, rd = _dev(cupy, x), _dev(cupy, r)
     if rms:
         y, s = lcuda.add_rms_norm(xd, rd, n, cupy.asarray(w), 1e-5)
     else:
         y, s = lcuda.add_layer_norm(xd, rd, n, cupy.asarray(w), cupy.asarray(b), 1e-5)
     s_ref = (x.astype(np.float32) + r.astype(np.float32)).astype(x.dtype)
-    np.testing.assert_array_equal(_host(s), s_ref.astype(np.float64))
+    np.testing.assert_array_equal(_host(cupy, s), s_ref.astype(np.float64))
     y_ref, _, _ = _ref_forward(s_ref.astype(np.float64), w, None if rms else b, 1e-5, rms)
-    _close(y, y_ref, dtype_name, "y")
+    _close(cupy, y, y_ref, dtype_name, "y")
 
 
-@needs_gpu
 @pytest.mark.parametrize("n", [768, 4096, 20000])
-def test_dweight_is_deterministic(n):
+def test_dweight_is_deterministic(n, gpu):
+    cupy, lcuda = gpu
+    if cupy is cupy_on_host:
+        pytest.skip(
+            "the emulator runs in one order: see test_thread_and_cta_order_do_not_change_bits"
+        )
     x, _, dy, w, _ = _data("float32", n, seed=2)
     x = np.concatenate([x] * 20)
     dy = np.concatenate([dy] * 20)
@@ -182,8 +205,85 @@ def test_dweight_is_deterministic(n):
             assert cupy.array_equal(a, b)
 
 
-@needs_gpu
-def test_out_in_place_and_unaligned():
+def _every_op(cupy, lcuda, dtype_name, n, rows, seed=3):
+    """Each function once on one input; checks against float64 and returns the results."""
+    rng = np.random.default_rng(seed + n)
+    dt = _dtype(dtype_name)
+    x, r, dy = ((rng.standard_normal((rows, n)) * 2 + 1).astype(dt) for _ in range(3))
+    w = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    xd, rd, dyd = _dev(cupy, x), _dev(cupy, r), _dev(cupy, dy)
+    wd, bd = cupy.asarray(w), cupy.asarray(b)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    wide = np.float64 if dtype_name == "float64" else np.float32  # the kernels' accumulation type
+    s64 = (x.astype(wide) + r.astype(wide)).astype(dt).astype(np.float64)
+    results = []
+    for rms in (False, True):
+        y_ref, mean_ref, rstd_ref = _ref_forward(x64, w, None if rms else b, 1e-5, rms)
+        dx_ref, dw_ref, _ = _ref_backward(dy64, x64, mean_ref, rstd_ref, w, rms)
+        ys_ref = _ref_forward(s64, w, None if rms else b, 1e-5, rms)[0]
+        if rms:
+            y, rstd = lcuda.rms_norm_forward(xd, n, wd, 1e-5)
+            ys, s = lcuda.add_rms_norm(xd, rd, n, wd, 1e-5)
+            grads = [lcuda.rms_norm_backward(dyd, xd, rstd, n, wd, eps=e) for e in (None, 1e-5)]
+        else:
+            y, mean, rstd = lcuda.layer_norm_forward(xd, n, wd, bd, 1e-5)
+            ys, s = lcuda.add_layer_norm(xd, rd, n, wd, bd, 1e-5)
+            grads = [
+                lcuda.layer_norm_backward(dyd, xd, mean, rstd, n, wd, eps=e) for e in (None, 1e-5)
+            ]
+        _close(cupy, y, y_ref, dtype_name, "y")
+        _close(cupy, ys, ys_ref, dtype_name, "y of x + residual")
+        np.testing.assert_array_equal(_host(cupy, s), s64)
+        scale = float(np.abs(dy64 * (x64 - mean_ref[:, None]) * rstd_ref[:, None]).sum(0).max())
+        for g in grads:
+            _close(cupy, g[0], dx_ref, dtype_name, "dx")
+            _close(cupy, g[1], dw_ref, dtype_name, "dweight", scale=scale)
+        results += [y, rstd, ys, s] + [a for g in grads for a in g if a is not None]
+    return results
+
+
+# Row lengths that reach every kernel variant: each warp class (forward 256/512/1024/2048,
+# backward 256/512), the CTA class, the stream kernels beyond 16384, each with a length that is a
+# multiple of every vector width (vector loads) and one that is not (element-wise loads).
+VARIANT_WIDTHS = [256, 255, 512, 509, 1024, 1021, 2048, 2047, 4096, 4093, 16392, 16393]
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_every_kernel_variant_runs_and_is_right(dtype_name):
+    """On the emulator: each variant compiled from norm.cu runs and gives the reference."""
+    if build.compiler() is None:
+        pytest.skip("no C++ compiler for the GPU emulator")
+    with cupy_on_host.installed() as lcuda:
+        from lnrs.cuda import _compile
+
+        cupy_on_host.LAUNCHED.clear()
+        for n in VARIANT_WIDTHS:
+            _every_op(cupy_on_host, lcuda, dtype_name, n, rows=3)
+        names = set(_compile.name_expressions(dtype_name))
+        assert names - cupy_on_host.LAUNCHED == set()
+
+
+@pytest.mark.parametrize("n", [64, 1000, 4096, 16392, 16393])
+def test_thread_and_cta_order_do_not_change_bits(n):
+    """On the emulator: each CTA's threads, and the CTAs, run in ascending or descending order
+    between barriers; a missing barrier or a cross-CTA dependence would change the results."""
+    if build.compiler() is None:
+        pytest.skip("no C++ compiler for the GPU emulator")
+    with cupy_on_host.installed() as lcuda:
+        runs = []
+        for descending in (False, True):
+            cupy_on_host.DESCENDING = descending
+            try:
+                runs.append(_every_op(cupy_on_host, lcuda, "float32", n, rows=5))
+            finally:
+                cupy_on_host.DESCENDING = False
+        for a, b in zip(*runs):
+            assert cupy_on_host.array_equal(a, b)
+
+
+def test_out_in_place_and_unaligned(gpu):
+    cupy, lcuda = gpu
     x, _, _, w, b = _data("float32", 1024)
     xd = cupy.asarray(x)
     ref = lcuda.layer_norm(xd, 1024, cupy.asarray(w), cupy.asarray(b))
@@ -197,8 +297,8 @@ def test_out_in_place_and_unaligned():
     assert cupy.array_equal(lcuda.layer_norm(shifted, 1024, cupy.asarray(w), cupy.asarray(b)), ref)
 
 
-@needs_gpu
-def test_errors_name_the_argument():
+def test_errors_name_the_argument(gpu):
+    cupy, lcuda = gpu
     x = cupy.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="normalized_shape"):
         lcuda.layer_norm(x, 7)

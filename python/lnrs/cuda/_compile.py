@@ -2,7 +2,7 @@
 
 Variants are C++ template instantiations of ``norm.cu`` named through NVRTC name expressions:
 per storage type (float32, float64, float16, bfloat16) and per row-width class (elements held per
-thread ``E``, 16-byte vectors or scalar loads, a warp or a CTA per row), plus the "stream" kernels
+thread ``E``, 16-byte vector loads or element-wise ones, a warp or a CTA per row), plus the "stream" kernels
 for rows wider than the register classes and the fixed-order reduction of backward's partials.
 
 Two ways in:
@@ -32,6 +32,7 @@ from pathlib import Path
 SOURCE_FILE = Path(__file__).with_name("norm.cu")
 
 # Storage dtype name -> (C++ type in norm.cu, elements per 16-byte vector, accumulation dtype name).
+# A row takes the vector variants when its length is a multiple of the vector's.
 TYPES = {
     "float32": ("float", 4, "float32"),
     "float64": ("double", 2, "float64"),
@@ -59,12 +60,12 @@ def _b(flag: bool) -> str:
     return "true" if flag else "false"
 
 
-def fwd_name(dtype: str, e: int, vec: int, block: bool) -> str:
-    return f"lnrs_fwd<{TYPES[dtype][0]}, {e}, {vec}, {_b(block)}>"
+def fwd_name(dtype: str, e: int, aligned: bool, block: bool) -> str:
+    return f"lnrs_fwd<{TYPES[dtype][0]}, {e}, {_b(aligned)}, {_b(block)}>"
 
 
-def bwd_name(dtype: str, e: int, vec: int, block: bool) -> str:
-    return f"lnrs_bwd<{TYPES[dtype][0]}, {e}, {vec}, {_b(block)}>"
+def bwd_name(dtype: str, e: int, aligned: bool, block: bool) -> str:
+    return f"lnrs_bwd<{TYPES[dtype][0]}, {e}, {_b(aligned)}, {_b(block)}>"
 
 
 def fwd_stream_name(dtype: str) -> str:
@@ -81,11 +82,11 @@ def reduce_name(acc_dtype: str) -> str:
 
 def name_expressions(dtype: str) -> list[str]:
     """Every kernel one storage type uses (its module)."""
-    vecs = sorted({TYPES[dtype][1], 1}, reverse=True)
-    names = [fwd_name(dtype, e, v, False) for e in FWD_WARP_E for v in vecs]
-    names += [fwd_name(dtype, BLOCK_E, v, True) for v in vecs]
-    names += [bwd_name(dtype, e, v, False) for e in BWD_WARP_E for v in vecs]
-    names += [bwd_name(dtype, BLOCK_E, v, True) for v in vecs]
+    both = (True, False)
+    names = [fwd_name(dtype, e, a, False) for e in FWD_WARP_E for a in both]
+    names += [fwd_name(dtype, BLOCK_E, a, True) for a in both]
+    names += [bwd_name(dtype, e, a, False) for e in BWD_WARP_E for a in both]
+    names += [bwd_name(dtype, BLOCK_E, a, True) for a in both]
     names += [fwd_stream_name(dtype), bwd_stream_name(dtype), reduce_name(TYPES[dtype][2])]
     return names
 

@@ -123,16 +123,16 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
             if rstd is not None:
                 rstd.fill(np.nan)
             return y, mean, rstd, s
-        vec = V if n % V == 0 and _aligned(xc, res, y, s) else 1
+        aligned = n % V == 0 and _aligned(xc, res, y, s)
         mod = C.get_module(dt, dev)
         sms = _sm_count(dev)
         if n <= 32 * C.FWD_WARP_E[-1]:
             e = next(e for e in C.FWD_WARP_E if 32 * e >= n)
-            kern, threads = mod.get_function(C.fwd_name(dt, e, vec, False)), 256
+            kern, threads = mod.get_function(C.fwd_name(dt, e, aligned, False)), 256
             grid, per = _grid(rows, threads // 32, sms * 8)
         elif n <= C.MAX_THREADS * C.BLOCK_E:
             threads = _round32(-(-n // C.BLOCK_E))
-            kern = mod.get_function(C.fwd_name(dt, C.BLOCK_E, vec, True))
+            kern = mod.get_function(C.fwd_name(dt, C.BLOCK_E, aligned, True))
             grid, per = _grid(rows, 1, sms * max(1, 2048 // threads))
         else:
             kern, threads = mod.get_function(C.fwd_stream_name(dt)), 1024
@@ -175,18 +175,18 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
         if rows == 0 or n == 0:
             dw = cupy.zeros(dims, acc)
             return dx, dw, None if rms else cupy.zeros(dims, acc)
-        vec = V if n % V == 0 and _aligned(xc, dyc, dx) else 1
+        aligned = n % V == 0 and _aligned(xc, dyc, dx)
         mod = C.get_module(dt, dev)
         sms = _sm_count(dev)
         acc_size = np.dtype(acc).itemsize
         smem = 2 * n * acc_size
         if n <= 32 * C.BWD_WARP_E[-1]:
             e = next(e for e in C.BWD_WARP_E if 32 * e >= n)
-            kern, threads = mod.get_function(C.bwd_name(dt, e, vec, False)), 256
+            kern, threads = mod.get_function(C.bwd_name(dt, e, aligned, False)), 256
             grid, per = _grid(rows, threads // 32, sms * 8)
         elif n <= C.MAX_THREADS * C.BLOCK_E and smem <= _SMEM_LIMIT:
             threads = _round32(-(-n // C.BLOCK_E))
-            kern = mod.get_function(C.bwd_name(dt, C.BLOCK_E, vec, True))
+            kern = mod.get_function(C.bwd_name(dt, C.BLOCK_E, aligned, True))
             per_sm = max(1, min(2048 // threads, (228 * 1024) // (smem + 1024)))
             grid, per = _grid(rows, 1, sms * per_sm)
         else:

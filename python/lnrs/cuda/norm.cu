@@ -28,16 +28,26 @@ template <> struct Tr<double> {
   static __device__ __forceinline__ double load(double v) { return v; }
   static __device__ __forceinline__ double store(double v) { return v; }
 };
+// float16 <-> float32 by the hardware's conversions (round to nearest even). The CPU emulator in
+// tests/emulated_gpu defines LNRS_HOST_EMULATION and supplies host versions of these two.
+#ifndef LNRS_HOST_EMULATION
+__device__ __forceinline__ float lnrs_f16_to_f32(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+__device__ __forceinline__ unsigned short lnrs_f32_to_f16(float f) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+#endif
 template <> struct Tr<lnrs_half> {
   typedef float A;
-  static __device__ __forceinline__ float load(lnrs_half v) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.u));
-    return f;
-  }
+  static __device__ __forceinline__ float load(lnrs_half v) { return lnrs_f16_to_f32(v.u); }
   static __device__ __forceinline__ lnrs_half store(float f) {
     lnrs_half h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.u) : "f"(f));
+    h.u = lnrs_f32_to_f16(f);
     return h;
   }
 };
@@ -59,22 +69,43 @@ template <> struct Tr<lnrs_bf16> {
   }
 };
 
-// VEC consecutive elements; 16 bytes (one vector load) when VEC * sizeof(T) == 16.
-template <typename T, int VEC> struct __align__(VEC * sizeof(T)) Pack { T v[VEC]; };
+// A thread's elements come in groups of VEC consecutive ones (16 bytes). ALIGNED: the row length
+// is a multiple of VEC and the arrays are 16-byte aligned, so a group is one vector load or store.
+// Otherwise element by element, the first `count` of the group (the rest of a row's last group
+// reads as zero). Both variants give each thread the same elements, hence the same bits.
+template <typename T> struct Vec { enum { N = 16 / sizeof(T) }; };
+template <typename T> struct __align__(16) Pack { T v[Vec<T>::N]; };
 
-template <typename T, int VEC, typename A>
-__device__ __forceinline__ void load_row(const T* __restrict__ p, A* out) {
-  Pack<T, VEC> k = *reinterpret_cast<const Pack<T, VEC>*>(p);
+template <typename T, bool ALIGNED, typename A>
+__device__ __forceinline__ void load_group(const T* __restrict__ p, int count, A* out) {
+  constexpr int VEC = Vec<T>::N;
+  if (ALIGNED) {
+    Pack<T> k = *reinterpret_cast<const Pack<T>*>(p);
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) out[e] = Tr<T>::load(k.v[e]);
+    for (int e = 0; e < VEC; ++e) out[e] = Tr<T>::load(k.v[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = e < count ? Tr<T>::load(p[e]) : A(0);
+  }
 }
 
-template <typename T, int VEC, typename A>
-__device__ __forceinline__ void store_row(T* __restrict__ p, const A* in) {
-  Pack<T, VEC> k;
+template <typename T, bool ALIGNED>
+__device__ __forceinline__ void store_pack(T* __restrict__ p, int count, const Pack<T>& k) {
+  if (ALIGNED) {
+    *reinterpret_cast<Pack<T>*>(p) = k;
+  } else {
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) k.v[e] = Tr<T>::store(in[e]);
-  *reinterpret_cast<Pack<T, VEC>*>(p) = k;
+    for (int e = 0; e < Vec<T>::N; ++e)
+      if (e < count) p[e] = k.v[e];
+  }
+}
+
+template <typename T, bool ALIGNED, typename A>
+__device__ __forceinline__ void store_group(T* __restrict__ p, int count, const A* in) {
+  Pack<T> k;
+#pragma unroll
+  for (int e = 0; e < Vec<T>::N; ++e) k.v[e] = Tr<T>::store(in[e]);
+  store_pack<T, ALIGNED>(p, count, k);
 }
 
 // Parameters are in the accumulation type A; scalar reads (they stay in L1/L2).
@@ -199,16 +230,16 @@ __device__ __forceinline__ void group_sum2(A& a, A& b, A* sh, int parity) {
 // Launch bounds: a CTA kernel may run 1024 threads (64 registers each); the warp kernels run 256,
 // which leaves them the registers that a row of up to 64 elements per thread needs.
 // Forward, row in registers. BLOCK=false: a warp per row (rows <= 32*E); BLOCK=true: a CTA per row
-// (rows <= blockDim*E). VEC elements per load (16 bytes, or 1 for the scalar fallback).
+// (rows <= blockDim*E). ALIGNED: 16-byte vector loads and stores (see load_group).
 // res/sum_out non-null: s = x + res (rounded to T) is written to sum_out and normalised.
-template <typename T, int E, int VEC, bool BLOCK>
+template <typename T, int E, bool ALIGNED, bool BLOCK>
 __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_fwd(
     const T* __restrict__ x, const T* __restrict__ res, T* __restrict__ sum_out, T* __restrict__ y,
     const typename Tr<T>::A* __restrict__ w, const typename Tr<T>::A* __restrict__ b,
     typename Tr<T>::A* __restrict__ mean_out, typename Tr<T>::A* __restrict__ rstd_out,
     long long rows, int n, double eps_d, int rms, long long rows_per_cta) {
   typedef typename Tr<T>::A A;
-  constexpr int K = E / VEC;
+  constexpr int VEC = Vec<T>::N, K = E / VEC;
   __shared__ A sh[2 * 96];
   const A eps = A(eps_d);
   const int lane = threadIdx.x & 31;
@@ -225,21 +256,20 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_fwd(
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       const int c = (j * g_size + g_id) * VEC;
-      const bool ok = c < n;  // VEC > 1 only when n % VEC == 0: a vector is all in or all out
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) valid[j * VEC + e] = ok;
-      if (ok) {
-        load_row<T, VEC>(x + base + c, v + j * VEC);
+      for (int e = 0; e < VEC; ++e) valid[j * VEC + e] = c + e < n;
+      if (c < n) {
+        load_group<T, ALIGNED>(x + base + c, n - c, v + j * VEC);
         if (res) {
           A r[VEC];
-          load_row<T, VEC>(res + base + c, r);
-          Pack<T, VEC> k;
+          load_group<T, ALIGNED>(res + base + c, n - c, r);
+          Pack<T> k;
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
             k.v[e] = Tr<T>::store(v[j * VEC + e] + r[e]);
-            v[j * VEC + e] = Tr<T>::load(k.v[e]);
+            v[j * VEC + e] = valid[j * VEC + e] ? Tr<T>::load(k.v[e]) : A(0);
           }
-          *reinterpret_cast<Pack<T, VEC>*>(sum_out + base + c) = k;
+          store_pack<T, ALIGNED>(sum_out + base + c, n - c, k);
         }
       } else {
 #pragma unroll
@@ -260,8 +290,10 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_fwd(
         A o[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e)
-          o[e] = (v[j * VEC + e] - mean) * rstd * param(w, c + e, A(1)) + param(b, c + e, A(0));
-        store_row<T, VEC>(y + base + c, o);
+          o[e] = valid[j * VEC + e]
+                     ? (v[j * VEC + e] - mean) * rstd * param(w, c + e, A(1)) + param(b, c + e, A(0))
+                     : A(0);
+        store_group<T, ALIGNED>(y + base + c, n - c, o);
       }
     }
   }
@@ -327,14 +359,14 @@ __global__ void __launch_bounds__(1024) lnrs_fwd_stream(
 // forward pass's eps was given), else the given mean/rstd are used as they are.
 // Warp kernel: accumulators in registers, warps combined in smem in warp order at the end
 // (dynamic smem 2n*sizeof(A)). CTA kernel: accumulators in dynamic smem, one owner per column.
-template <typename T, int E, int VEC, bool BLOCK>
+template <typename T, int E, bool ALIGNED, bool BLOCK>
 __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
     const T* __restrict__ dy, const T* __restrict__ x, const typename Tr<T>::A* __restrict__ mean_in,
     const typename Tr<T>::A* __restrict__ rstd_in, const typename Tr<T>::A* __restrict__ w,
     T* __restrict__ dx, typename Tr<T>::A* __restrict__ partial, long long rows, int n, double eps_d,
     int rms, int recompute, long long rows_per_cta) {
   typedef typename Tr<T>::A A;
-  constexpr int K = E / VEC;
+  constexpr int VEC = Vec<T>::N, K = E / VEC;
   extern __shared__ unsigned char dyn_smem[];
   A* acc = reinterpret_cast<A*>(dyn_smem);  // [2n]: dweight then dbias
   __shared__ A sh[2 * 96];
@@ -349,8 +381,8 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
   if (BLOCK) {
     for (int j = 0; j < K; ++j) {
       const int c = (j * g_size + g_id) * VEC;
-      if (c < n)
-        for (int e = 0; e < VEC; ++e) acc[c + e] = acc[n + c + e] = 0;
+      for (int e = 0; e < VEC; ++e)
+        if (c + e < n) acc[c + e] = acc[n + c + e] = 0;
     }
   } else {
 #pragma unroll
@@ -364,12 +396,11 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       const int c = (j * g_size + g_id) * VEC;
-      const bool ok = c < n;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) valid[j * VEC + e] = ok;
-      if (ok) {
-        load_row<T, VEC>(x + base + c, v + j * VEC);
-        load_row<T, VEC>(dy + base + c, g + j * VEC);
+      for (int e = 0; e < VEC; ++e) valid[j * VEC + e] = c + e < n;
+      if (c < n) {
+        load_group<T, ALIGNED>(x + base + c, n - c, v + j * VEC);
+        load_group<T, ALIGNED>(dy + base + c, n - c, g + j * VEC);
       } else {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) v[j * VEC + e] = g[j * VEC + e] = 0;
@@ -418,7 +449,7 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
         A o[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) o[e] = rstd * (g[j * VEC + e] - c2 - v[j * VEC + e] * c1);
-        store_row<T, VEC>(dx + base + c, o);
+        store_group<T, ALIGNED>(dx + base + c, n - c, o);
       }
     }
   }
@@ -426,8 +457,8 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
   if (BLOCK) {
     for (int j = 0; j < K; ++j) {
       const int c = (j * g_size + g_id) * VEC;
-      if (c < n)
-        for (int e = 0; e < VEC; ++e) {
+      for (int e = 0; e < VEC; ++e)
+        if (c + e < n) {
           out[c + e] = acc[c + e];
           out[n + c + e] = acc[n + c + e];
         }
@@ -439,13 +470,14 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
 #pragma unroll
         for (int j = 0; j < K; ++j) {
           const int c = (j * 32 + lane) * VEC;
-          if (c < n)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              const int i = j * VEC + e;
+          for (int e = 0; e < VEC; ++e) {
+            const int i = j * VEC + e;
+            if (c + e < n) {
               acc[c + e] = ww ? acc[c + e] + dw[i] : dw[i];
               acc[n + c + e] = ww ? acc[n + c + e] + db[i] : db[i];
             }
+          }
         }
       }
       __syncthreads();

@@ -1,0 +1,287 @@
+"""A stand-in for the part of CuPy that lnrs.cuda and tests/test_cuda.py use, on the host.
+
+"Device" arrays are NumPy arrays (a subclass named ``cupy.ndarray``, so lnrs's dispatch takes
+them for CuPy's) in guarded allocations; ``RawModule`` functions run norm.cu's kernels in the
+emulator (build.py, cuda_host.h, launch.h). Like the driver, a launch rejects more than 48 KiB
+of dynamic shared memory unless the function's ``max_dynamic_shared_size_bytes`` allows it; and
+unlike it, every launch checks its arguments' kinds against the kernel's parameters and, after
+it ran, the guard bytes around every live allocation.
+
+``installed()`` puts this module in ``sys.modules["cupy"]`` for a while; ``SM_COUNT`` sets the
+device's multiprocessor count (small, so that CTAs own several rows); ``DESCENDING`` runs each CTA's
+threads, and the grid's CTAs, in descending order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import sys
+import types
+import weakref
+
+import numpy as np
+
+from . import build
+
+SM_COUNT = 2
+DESCENDING = False
+LAUNCHED: set[str] = set()  # the kernel variants launched (their name expressions)
+_ALIGN = 256  # CuPy's allocations are at least 256-byte aligned
+_GUARD = 256
+_POISON = 0xFF  # NaN in every float type
+_live: list[tuple[weakref.ref, int]] = []
+_lib = None
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+class _Pointer:
+    def __init__(self, a: np.ndarray):
+        self.ptr = a.__array_interface__["data"][0]
+
+
+class ndarray:
+    """A device array (device 0) held as a host NumPy array in a guarded allocation.
+
+    Like CuPy's, it refuses implicit conversion to NumPy (``np.asarray(a)``): host data
+    comes back through :func:`asnumpy` or ``.get()`` only.
+    """
+
+    __module__ = "cupy"
+
+    def __init__(self, host: np.ndarray):
+        self._a = host
+
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    data = property(lambda self: _Pointer(self._a))
+    device = property(lambda self: Device(0))
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed (cupy stand-in)")
+
+    def __repr__(self):
+        return f"cupy_on_host.ndarray({self._a!r})"
+
+    def get(self) -> np.ndarray:
+        return self._a.copy()
+
+    def __getitem__(self, key):
+        return ndarray(self._a[key])
+
+    def __setitem__(self, key, value):
+        self._a[key] = value._a if isinstance(value, ndarray) else value
+
+    def reshape(self, *shape):
+        return ndarray(self._a.reshape(*shape))
+
+    def ravel(self):
+        return ndarray(self._a.reshape(-1)) if self.flags.c_contiguous else self.copy().ravel()
+
+    def fill(self, value) -> None:
+        self._a.fill(value)
+
+    def copy(self):
+        out = empty(self.shape, self.dtype)
+        out._a[...] = self._a
+        return out
+
+    def astype(self, dtype, copy=True):
+        if not copy and np.dtype(dtype) == self.dtype:
+            return self
+        out = empty(self.shape, dtype)
+        out._a[...] = self._a
+        return out
+
+
+def _allocate(shape, dtype) -> ndarray:
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    nbytes = count * dtype.itemsize
+    raw = np.full(nbytes + 2 * _GUARD + _ALIGN, _POISON, np.uint8)
+    start = -raw.ctypes.data % _ALIGN + _GUARD
+    _live.append((weakref.ref(raw), start, nbytes))
+    return ndarray(raw[start : start + nbytes].view(dtype).reshape(shape))
+
+
+def check_guards() -> None:
+    """Raises when a kernel wrote outside an allocation (into its guard bytes)."""
+    alive = []
+    for ref, start, nbytes in _live:
+        raw = ref()
+        if raw is None:
+            continue
+        alive.append((ref, start, nbytes))
+        before, after = raw[start - _GUARD : start], raw[start + nbytes : start + nbytes + _GUARD]
+        if (before != _POISON).any() or (after != _POISON).any():
+            raise AssertionError(f"a kernel wrote outside an allocation of {nbytes} bytes")
+    _live[:] = alive
+
+
+def empty(shape, dtype=np.float64) -> ndarray:
+    return _allocate(shape if isinstance(shape, tuple) else (shape,), dtype)
+
+
+def empty_like(a) -> ndarray:
+    return empty(a.shape, a.dtype)
+
+
+def zeros(shape, dtype=np.float64) -> ndarray:
+    a = empty(shape, dtype)
+    a[...] = 0
+    return a
+
+
+def ones(shape, dtype=np.float64) -> ndarray:
+    a = empty(shape, dtype)
+    a[...] = 1
+    return a
+
+
+def asarray(a, dtype=None) -> ndarray:
+    if isinstance(a, ndarray):
+        return a if dtype is None else a.astype(dtype, copy=False)
+    host = np.asarray(a, dtype)
+    out = empty(host.shape, host.dtype)
+    out._a[...] = host
+    return out
+
+
+def ascontiguousarray(a: ndarray) -> ndarray:
+    return a if a.flags.c_contiguous else a.copy()
+
+
+def asnumpy(a) -> np.ndarray:
+    return a.get() if isinstance(a, ndarray) else np.array(a)
+
+
+def array_equal(a: ndarray, b: ndarray) -> bool:
+    return np.array_equal(a._a, b._a)
+
+
+class Device:
+    def __init__(self, device_id=0):
+        if device_id != 0:
+            raise CUDARuntimeError(f"invalid device ordinal {device_id}")
+        self.id = 0
+        self.attributes = {"MultiProcessorCount": SM_COUNT}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _get_device_count() -> int:
+    return 1
+
+
+class Function:
+    def __init__(self, name: str):
+        self.name = name
+        self.max_dynamic_shared_size_bytes = 0
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        if len(grid) != 1 or len(block) != 1:
+            raise NotImplementedError("the emulator runs 1-D grids and blocks")
+        if shared_mem > max(48 * 1024, self.max_dynamic_shared_size_bytes):
+            raise CUDARuntimeError(
+                f"{self.name}: {shared_mem} bytes of dynamic shared memory without raising "
+                "max_dynamic_shared_size_bytes (CUDA_ERROR_INVALID_VALUE)"
+            )
+        kinds, slots = _pack(args)
+        err = ctypes.create_string_buffer(1024)
+        status = _lib.lnrs_emu_launch(
+            self.name.encode(),
+            int(grid[0]),
+            int(block[0]),
+            int(shared_mem),
+            int(DESCENDING),
+            kinds.encode(),
+            (ctypes.c_ulonglong * len(slots))(*slots),
+            err,
+            len(err),
+        )
+        LAUNCHED.add(self.name)
+        if status:
+            raise CUDARuntimeError(f"{self.name}: {err.value.decode()}")
+        check_guards()
+
+
+def _pack(args) -> tuple[str, list[int]]:
+    kinds, slots = "", []
+    for a in args:
+        if isinstance(a, ndarray):
+            kinds, value = kinds + "p", a.data.ptr
+        elif isinstance(a, np.uint64):
+            kinds, value = kinds + "Q", int(a)
+        elif isinstance(a, np.int32):
+            kinds, value = kinds + "i", int(a) & (2**64 - 1)
+        elif isinstance(a, np.int64):
+            kinds, value = kinds + "q", int(a) & (2**64 - 1)
+        elif isinstance(a, np.float64):
+            kinds, value = kinds + "d", int(np.array(a).view(np.uint64))
+        else:
+            raise TypeError(f"kernel argument of type {type(a).__name__} (pass NumPy scalars)")
+        slots.append(value)
+    return kinds, slots
+
+
+class RawModule:
+    def __init__(self, code, options=(), name_expressions=()):
+        if code != build.NORM_CU.read_text():
+            raise ValueError("the emulator runs python/lnrs/cuda/norm.cu only")
+        self.names = set(name_expressions)
+        self.options = tuple(options)
+
+    def get_function(self, name: str) -> Function:
+        if name not in self.names:
+            raise KeyError(f"{name} is not among the module's name expressions")
+        return Function(name)
+
+
+cuda = types.SimpleNamespace(
+    Device=Device,
+    runtime=types.SimpleNamespace(getDeviceCount=_get_device_count),
+)
+
+
+@contextlib.contextmanager
+def installed():
+    """Within: ``import cupy`` gives this module, and lnrs.cuda is imported afresh on it.
+
+    Yields lnrs.cuda; afterwards sys.modules (and the ``lnrs.cuda`` attribute) are as before.
+    """
+    global _lib
+    _lib = build.library()
+    import lnrs
+
+    names = ("cupy", "cupy_backends", "lnrs.cuda")
+    saved = {
+        k: v
+        for k, v in sys.modules.items()
+        if k.split(".")[0] in names[:2] or k == names[2] or k.startswith(names[2] + ".")
+    }
+    saved_attr = lnrs.__dict__.get("cuda")
+    for k in saved:
+        del sys.modules[k]
+    sys.modules["cupy"] = sys.modules[__name__]
+    try:
+        yield importlib.import_module("lnrs.cuda")
+    finally:
+        for k in [k for k in sys.modules if k == "cupy" or k.startswith("lnrs.cuda")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        if saved_attr is None:
+            lnrs.__dict__.pop("cuda", None)
+        else:
+            lnrs.cuda = saved_attr
