@@ -2,8 +2,9 @@
 
 Variants are C++ template instantiations of ``norm.cu`` named through NVRTC name expressions:
 per storage type (float32, float64, float16, bfloat16) and per row-width class (elements held per
-thread ``E``, 16-byte vector loads or element-wise ones, a warp or a CTA per row), plus the "stream" kernels
-for rows wider than the register classes and the fixed-order reduction of backward's partials.
+thread ``E``, 16-byte vector loads or element-wise ones, a warp or a CTA per row), plus the
+"stream" kernels for rows wider than the register classes and the fixed-order reduction of
+backward's partials.
 
 Two ways in:
 

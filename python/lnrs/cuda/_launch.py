@@ -91,6 +91,20 @@ def _grid(rows: int, rows_per_cta_min: int, max_ctas: int) -> tuple[int, int]:
     return -(-rows // per), per
 
 
+def _allow_smem(kern, smem: int) -> None:
+    """Beyond 48 KiB of dynamic shared memory a function must be allowed it first."""
+    if smem > 48 * 1024:
+        kern.max_dynamic_shared_size_bytes = smem
+
+
+def _row_cache(nbytes: int, kern) -> int:
+    """Dynamic shared memory for a stream kernel's row cache: nbytes when it fits, else 0."""
+    if nbytes > _SMEM_LIMIT:
+        return 0
+    _allow_smem(kern, nbytes)
+    return nbytes
+
+
 def _round32(k: int) -> int:
     return max(32, -(-k // 32) * 32)
 
@@ -126,6 +140,7 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
         aligned = n % V == 0 and _aligned(xc, res, y, s)
         mod = C.get_module(dt, dev)
         sms = _sm_count(dev)
+        smem, extra = 0, ()
         if n <= 32 * C.FWD_WARP_E[-1]:
             e = next(e for e in C.FWD_WARP_E if 32 * e >= n)
             kern, threads = mod.get_function(C.fwd_name(dt, e, aligned, False)), 256
@@ -136,10 +151,12 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
             grid, per = _grid(rows, 1, sms * max(1, 2048 // threads))
         else:
             kern, threads = mod.get_function(C.fwd_stream_name(dt)), 1024
+            smem = _row_cache(n * x.dtype.itemsize, kern)
             grid, per = _grid(rows, 1, sms * 2)
+            extra = (np.int32(smem > 0),)
         args = (xc, _ptr(res), _ptr(s), y, _ptr(w), _ptr(b), _ptr(mean), _ptr(rstd))
         args += (np.int64(rows), np.int32(n), np.float64(eps), np.int32(rms), np.int64(per))
-        kern((grid,), (threads,), args)
+        kern((grid,), (threads,), args + extra, shared_mem=smem)
     return y, mean, rstd, s
 
 
@@ -179,7 +196,7 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
         mod = C.get_module(dt, dev)
         sms = _sm_count(dev)
         acc_size = np.dtype(acc).itemsize
-        smem = 2 * n * acc_size
+        smem, extra = 2 * n * acc_size, ()
         if n <= 32 * C.BWD_WARP_E[-1]:
             e = next(e for e in C.BWD_WARP_E if 32 * e >= n)
             kern, threads = mod.get_function(C.bwd_name(dt, e, aligned, False)), 256
@@ -190,14 +207,15 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
             per_sm = max(1, min(2048 // threads, (228 * 1024) // (smem + 1024)))
             grid, per = _grid(rows, 1, sms * per_sm)
         else:
-            kern, threads, smem = mod.get_function(C.bwd_stream_name(dt)), 1024, 0
+            kern, threads = mod.get_function(C.bwd_stream_name(dt)), 1024
+            smem = _row_cache(2 * n * x.dtype.itemsize, kern)
             grid, per = _grid(rows, 1, sms * 2)
-        if smem > 48 * 1024:
-            kern.max_dynamic_shared_size_bytes = smem
+            extra = (np.int32(smem > 0),)
+        _allow_smem(kern, smem)
         partial = cupy.empty((grid, 2 * n), acc)
         args = (dyc, xc, _ptr(m), r, _ptr(w), dx, partial, np.int64(rows), np.int32(n))
         args += (np.float64(0.0 if eps_v is None else eps_v), np.int32(rms))
-        args += (np.int32(eps_v is not None), np.int64(per))
+        args += (np.int32(eps_v is not None), np.int64(per)) + extra
         kern((grid,), (threads,), args, shared_mem=smem)
         sums = cupy.empty(2 * n, acc)
         red = mod.get_function(C.reduce_name(acc))

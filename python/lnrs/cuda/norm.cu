@@ -8,7 +8,8 @@
 // Numerics: fp32 accumulation for float32/float16/bfloat16 storage (fp64 for float64); the row is held
 // in registers and its statistics are two-pass (mean, then sum of (x - mean)^2). Across the warps of a
 // CTA the per-warp (n, mean, M2) are merged in a fixed order (Chan et al.), so results are
-// deterministic. Rows beyond the register classes use a "stream" kernel that re-reads the row.
+// deterministic. Rows beyond the register classes use a "stream" kernel that makes several passes
+// over the row, kept in shared memory when it fits (else re-read from L2).
 //
 // Work split: each CTA owns a contiguous range of rows (persistent grid). Backward writes one fp32
 // (fp64 for float64) partial dweight/dbias per CTA; lnrs_reduce_partials adds the partials in a fixed
@@ -299,14 +300,19 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_fwd(
   }
 }
 
-// Forward for any width: a CTA per row, the row re-read from global memory (L2) in three passes.
+// Forward for any width: a CTA per row in three passes over it. cached: the first pass keeps the
+// row (x, or the rounded x + res) in dynamic shared memory (n elements of T) and the other two
+// read it there; else they re-read global memory (L2). Each element is handled by one thread in
+// every pass, so the row buffer needs no barrier.
 template <typename T>
 __global__ void __launch_bounds__(1024) lnrs_fwd_stream(
     const T* __restrict__ x, const T* __restrict__ res, T* sum_out, T* __restrict__ y,
     const typename Tr<T>::A* __restrict__ w, const typename Tr<T>::A* __restrict__ b,
     typename Tr<T>::A* __restrict__ mean_out, typename Tr<T>::A* __restrict__ rstd_out,
-    long long rows, int n, double eps_d, int rms, long long rows_per_cta) {
+    long long rows, int n, double eps_d, int rms, long long rows_per_cta, int cached) {
   typedef typename Tr<T>::A A;
+  extern __shared__ unsigned char dyn_smem[];
+  T* keep = cached ? reinterpret_cast<T*>(dyn_smem) : nullptr;
   __shared__ A sh[2 * 96];
   const A eps = A(eps_d);
   const long long r0 = (long long)blockIdx.x * rows_per_cta;
@@ -315,15 +321,16 @@ __global__ void __launch_bounds__(1024) lnrs_fwd_stream(
   for (long long row = r0; row < r1; ++row) {
     const long long base = row * (long long)n;
     // With a residual, the rounded sum is written once and read back by the same thread.
-    const T* src = res ? (const T*)sum_out : x;
+    const T* src = keep ? keep : (res ? (const T*)sum_out : x) + base;
     A s = 0, unused = 0;
     for (int c = threadIdx.x; c < n; c += blockDim.x) {
-      A a = Tr<T>::load(x[base + c]);
+      T t = x[base + c];
       if (res) {
-        T t = Tr<T>::store(a + Tr<T>::load(res[base + c]));
+        t = Tr<T>::store(Tr<T>::load(t) + Tr<T>::load(res[base + c]));
         sum_out[base + c] = t;
-        a = Tr<T>::load(t);
       }
+      if (keep) keep[c] = t;
+      const A a = Tr<T>::load(t);
       s += rms ? a * a : a;
     }
     group_sum2<true>(s, unused, sh, parity);
@@ -335,7 +342,7 @@ __global__ void __launch_bounds__(1024) lnrs_fwd_stream(
       mean = s / A(n);
       A q = 0;
       for (int c = threadIdx.x; c < n; c += blockDim.x) {
-        A d = Tr<T>::load(src[base + c]) - mean;
+        A d = Tr<T>::load(src[c]) - mean;
         q += d * d;
       }
       group_sum2<true>(q, unused, sh, parity);
@@ -347,7 +354,7 @@ __global__ void __launch_bounds__(1024) lnrs_fwd_stream(
       if (rstd_out) rstd_out[row] = rstd;
     }
     for (int c = threadIdx.x; c < n; c += blockDim.x)
-      y[base + c] = Tr<T>::store((Tr<T>::load(src[base + c]) - mean) * rstd * param(w, c, A(1)) +
+      y[base + c] = Tr<T>::store((Tr<T>::load(src[c]) - mean) * rstd * param(w, c, A(1)) +
                                  param(b, c, A(0)));
   }
 }
@@ -486,15 +493,21 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
   }
 }
 
-// Backward for any width: a CTA per row, two passes over x and dy (three when recomputing), the
-// CTA's partial accumulated in place in `partial` (each column owned by one thread).
+// Backward for any width: a CTA per row, two passes over x and dy (three over x when
+// recomputing), the CTA's partial accumulated in place in `partial` (each column owned by one
+// thread). cached: the first pass keeps the row's x and dy in dynamic shared memory (2n elements
+// of T) for the later ones; else they re-read global memory (L2). One thread per element in every
+// pass, so the row buffers need no barrier.
 template <typename T>
 __global__ void __launch_bounds__(1024) lnrs_bwd_stream(
     const T* __restrict__ dy, const T* __restrict__ x, const typename Tr<T>::A* __restrict__ mean_in,
     const typename Tr<T>::A* __restrict__ rstd_in, const typename Tr<T>::A* __restrict__ w,
     T* __restrict__ dx, typename Tr<T>::A* __restrict__ partial, long long rows, int n, double eps_d,
-    int rms, int recompute, long long rows_per_cta) {
+    int rms, int recompute, long long rows_per_cta, int cached) {
   typedef typename Tr<T>::A A;
+  extern __shared__ unsigned char dyn_smem[];
+  T* keep_x = cached ? reinterpret_cast<T*>(dyn_smem) : nullptr;
+  T* keep_dy = cached ? keep_x + n : nullptr;
   __shared__ A sh[2 * 96];
   const A eps = A(eps_d);
   const long long r0 = (long long)blockIdx.x * rows_per_cta;
@@ -503,12 +516,16 @@ __global__ void __launch_bounds__(1024) lnrs_bwd_stream(
   for (int c = threadIdx.x; c < n; c += blockDim.x) out[c] = out[n + c] = 0;
   int parity = 0;
   for (long long row = r0; row < r1; ++row) {
-    const long long base = row * (long long)n;
+    const T* gx = x + row * (long long)n;
+    const T* gdy = dy + row * (long long)n;
+    const T* sx = keep_x ? keep_x : gx;  // where x is read once the first pass kept it
     A mean, rstd, unused = 0;
     if (recompute) {
       A s = 0;
       for (int c = threadIdx.x; c < n; c += blockDim.x) {
-        const A a = Tr<T>::load(x[base + c]);
+        const T t = gx[c];
+        if (keep_x) keep_x[c] = t;
+        const A a = Tr<T>::load(t);
         s += rms ? a * a : a;
       }
       group_sum2<true>(s, unused, sh, parity);
@@ -520,7 +537,7 @@ __global__ void __launch_bounds__(1024) lnrs_bwd_stream(
         mean = s / A(n);
         A q = 0;
         for (int c = threadIdx.x; c < n; c += blockDim.x) {
-          const A d = Tr<T>::load(x[base + c]) - mean;
+          const A d = Tr<T>::load(sx[c]) - mean;
           q += d * d;
         }
         group_sum2<true>(q, unused, sh, parity);
@@ -533,8 +550,13 @@ __global__ void __launch_bounds__(1024) lnrs_bwd_stream(
     }
     A a = 0, s = 0;
     for (int c = threadIdx.x; c < n; c += blockDim.x) {
-      const A xh = (Tr<T>::load(x[base + c]) - mean) * rstd;
-      const A d = Tr<T>::load(dy[base + c]);
+      const T tx = recompute ? sx[c] : gx[c], tdy = gdy[c];
+      if (keep_x) {
+        keep_x[c] = tx;
+        keep_dy[c] = tdy;
+      }
+      const A xh = (Tr<T>::load(tx) - mean) * rstd;
+      const A d = Tr<T>::load(tdy);
       const A gg = d * param(w, c, A(1));
       out[c] += d * xh;
       out[n + c] += d;
@@ -545,10 +567,11 @@ __global__ void __launch_bounds__(1024) lnrs_bwd_stream(
     parity ^= 1;
     const A c1 = a / A(n);
     const A c2 = rms ? A(0) : s / A(n);
+    const T* sdy = keep_dy ? keep_dy : gdy;
     for (int c = threadIdx.x; c < n; c += blockDim.x) {
-      const A xh = (Tr<T>::load(x[base + c]) - mean) * rstd;
-      const A gg = Tr<T>::load(dy[base + c]) * param(w, c, A(1));
-      dx[base + c] = Tr<T>::store(rstd * (gg - c2 - xh * c1));
+      const A xh = (Tr<T>::load(sx[c]) - mean) * rstd;
+      const A gg = Tr<T>::load(sdy[c]) * param(w, c, A(1));
+      dx[row * (long long)n + c] = Tr<T>::store(rstd * (gg - c2 - xh * c1));
     }
   }
 }
