@@ -311,3 +311,103 @@ def test_errors_name_the_argument(gpu):
     with pytest.raises(ValueError, match="dy"):
         _, mean, rstd = lcuda.layer_norm_forward(x, 8)
         lcuda.layer_norm_backward(cupy.zeros((4, 9), np.float32), x, mean, rstd, 8)
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize(
+    "shape, dims", [((5, 1), 1), ((4, 3), 3), ((2, 3, 7), (3, 7)), ((2, 4096), 4096)]
+)
+def test_shapes_agree_with_the_cpu_path(gpu, dtype_name, shape, dims):
+    """The exact CPU kernels are the reference: same shapes and dtypes, values within TOL."""
+    import lnrs
+
+    cupy, lcuda = gpu
+    rng = np.random.default_rng(7)
+    dt = _dtype(dtype_name)
+    x, dy = ((rng.standard_normal(shape) * 3 + 1).astype(dt) for _ in range(2))
+    nd = np.atleast_1d(dims).size
+    w = rng.uniform(0.5, 1.5, shape[-nd:]).astype(np.float32)
+    b = rng.standard_normal(shape[-nd:]).astype(np.float32)
+    xd, dyd = _dev(cupy, x), _dev(cupy, dy)
+    got = lcuda.layer_norm_forward(xd, dims, cupy.asarray(w), cupy.asarray(b))
+    ref = lnrs.layer_norm_forward(x, dims, w, b)
+    grads = lcuda.layer_norm_backward(dyd, xd, got[1], got[2], dims, cupy.asarray(w))
+    grads_ref = lnrs.layer_norm_backward(dy, x, ref[1], ref[2], dims, w)
+    for g, r, what in zip(got + grads, ref + grads_ref, ("y", "mean", "rstd", "dx", "dw", "db")):
+        assert g.shape == r.shape and g.dtype == r.dtype, what
+        r64 = r.astype(np.float64)
+        _close(cupy, g, r64, dtype_name, what, scale=max(1.0, float(np.abs(r64).max())))
+
+
+@pytest.mark.parametrize("n", [64, 4096, 20000])
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_constant_and_non_finite_rows(gpu, dtype_name, n):
+    """A constant row gives exactly bias (and dx = 0 for dy = 1); NaN and inf stay in their row."""
+    cupy, lcuda = gpu
+    dt = _dtype(dtype_name)
+    x = np.random.default_rng(8).standard_normal((4, n)).astype(dt)
+    x[0] = 3.0
+    x[1, n // 2] = np.nan
+    x[2, n // 3] = np.inf
+    b = np.linspace(-1, 1, n).astype(np.float32)
+    xd, bd = _dev(cupy, x), cupy.asarray(b)
+    y, mean, rstd = lcuda.layer_norm_forward(xd, n, None, bd)
+    y = cupy.asnumpy(y).astype(np.float64)
+    np.testing.assert_array_equal(y[0], b.astype(dt).astype(np.float64))
+    assert np.isnan(y[1]).all() and np.isnan(y[2]).all() and np.isfinite(y[3]).all()
+    dx, _, _ = lcuda.layer_norm_backward(_dev(cupy, np.ones_like(x)), xd, mean, rstd, n)
+    dx = cupy.asnumpy(dx).astype(np.float64)
+    np.testing.assert_array_equal(dx[0], 0.0)
+    assert np.isnan(dx[1]).all() and np.isfinite(dx[3]).all()
+
+
+def test_non_contiguous_input_and_public_dispatch(gpu):
+    """A transposed (strided) array gives the contiguous one's bits; lnrs's own functions hand
+    CuPy arrays to lnrs.cuda and return the same bits."""
+    import lnrs
+
+    cupy, lcuda = gpu
+    x = np.random.default_rng(9).standard_normal((1000, 6)).astype(np.float32)
+    xt = cupy.asarray(x).T  # (6, 1000), not C-contiguous
+    assert not xt.flags.c_contiguous
+    xc = cupy.asarray(np.ascontiguousarray(x.T))
+    w = cupy.asarray(np.linspace(0.5, 1.5, 1000).astype(np.float32))
+    assert cupy.array_equal(lcuda.layer_norm(xt, 1000, w), lcuda.layer_norm(xc, 1000, w))
+    y, mean, rstd = lnrs.layer_norm_forward(xc, 1000, w)
+    dy = cupy.asarray(np.ones((6, 1000), np.float32))
+    pairs = [
+        (y, lcuda.layer_norm(xc, 1000, w)),
+        (lnrs.rms_norm(xc, 1000, w), lcuda.rms_norm(xc, 1000, w)),
+        (lnrs.add_layer_norm(xc, xc, 1000, w)[0], lcuda.add_layer_norm(xc, xc, 1000, w)[0]),
+        (lnrs.add_rms_norm(xc, xc, 1000, w)[0], lcuda.add_rms_norm(xc, xc, 1000, w)[0]),
+        (
+            lnrs.layer_norm_backward(dy, xc, mean, rstd, 1000, w)[0],
+            lcuda.layer_norm_backward(dy, xc, mean, rstd, 1000, w)[0],
+        ),
+    ]
+    _, r = lnrs.rms_norm_forward(xc, 1000, w)
+    pairs.append(
+        (
+            lnrs.rms_norm_backward(dy, xc, r, 1000, w)[0],
+            lcuda.rms_norm_backward(dy, xc, r, 1000, w)[0],
+        )
+    )
+    for a, b in pairs:
+        assert isinstance(a, cupy.ndarray) and cupy.array_equal(a, b)
+
+
+def test_gpu_bench_script_runs_end_to_end():
+    """benches/gpu_bench.py --dry-run on the emulator: the device run must not fail on a slip."""
+    import runpy
+    from pathlib import Path
+
+    if build.compiler() is None:
+        pytest.skip("no C++ compiler for the GPU emulator")
+    script = Path(__file__).resolve().parents[1] / "benches" / "gpu_bench.py"
+    argv = sys.argv
+    with cupy_on_host.installed():
+        sys.argv = [str(script), "--quick", "--dry-run"]
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        finally:
+            sys.argv = argv

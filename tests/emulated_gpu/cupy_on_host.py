@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import importlib
 import sys
+import time
 import types
 import weakref
 
@@ -64,6 +65,7 @@ class ndarray:
     flags = property(lambda self: self._a.flags)
     data = property(lambda self: _Pointer(self._a))
     device = property(lambda self: Device(0))
+    T = property(lambda self: ndarray(self._a.T))
 
     def __array__(self, *args, **kwargs):
         raise TypeError("Implicit conversion to a NumPy array is not allowed (cupy stand-in)")
@@ -249,10 +251,42 @@ class RawModule:
         return Function(name)
 
 
+class Event:
+    """Host time at record(); get_elapsed_time gives milliseconds between two."""
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start: Event, stop: Event) -> float:
+    return (stop.t - start.t) * 1e3
+
+
 cuda = types.SimpleNamespace(
     Device=Device,
-    runtime=types.SimpleNamespace(getDeviceCount=_get_device_count),
+    Event=Event,
+    get_elapsed_time=_elapsed_ms,
+    runtime=types.SimpleNamespace(
+        getDeviceCount=_get_device_count,
+        getDeviceProperties=lambda device_id: {"name": b"lnrs CPU emulator"},
+    ),
 )
+random = types.SimpleNamespace(
+    standard_normal=lambda shape, dtype=np.float64: asarray(
+        np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    )
+)
+
+
+def copyto(dst: ndarray, src: ndarray) -> None:
+    dst._a[...] = src._a
+
+
+def get_default_memory_pool():
+    return types.SimpleNamespace(free_all_blocks=lambda: None)
 
 
 @contextlib.contextmanager
