@@ -23,6 +23,7 @@ NORM_CU = ROOT / "python" / "lnrs" / "cuda" / "norm.cu"
 COMPILE_PY = ROOT / "python" / "lnrs" / "cuda" / "_compile.py"
 # -fno-extern-tls-init: norm.cu re-declares dyn_smem `extern` (thread_local here); without it
 # g++ calls a TLS initialisation function that does not exist.
+# -U_FORTIFY_SOURCE: the fibers switch stacks with _longjmp, which fortified builds refuse.
 FLAGS = [
     "-std=c++17",
     "-O1",
@@ -31,6 +32,7 @@ FLAGS = [
     "-Wall",
     "-Wno-unknown-pragmas",
     "-fno-extern-tls-init",
+    "-U_FORTIFY_SOURCE",
 ]
 
 

@@ -1,7 +1,7 @@
 // CUDA's device built-ins on the host, enough to run python/lnrs/cuda/norm.cu on a CPU.
 //
-// A CTA runs as blockDim cooperative fibers (ucontext) on one OS thread; CTAs run one after
-// another. __syncthreads and warp shuffles are barriers: a fiber that reaches one yields, and the
+// A CTA runs as blockDim cooperative fibers on one OS thread (started by makecontext, switched by
+// _setjmp/_longjmp); CTAs run one after another. __syncthreads and warp shuffles are barriers: a fiber that reaches one yields, and the
 // barrier opens when every thread of the CTA (or lane of the warp) has arrived. Between barriers
 // the fibers run one at a time, in ascending or descending thread order (a launch argument), so a
 // missing barrier shows up as results that depend on the order. The checks are stricter than the
@@ -14,6 +14,7 @@
 #pragma once
 
 #include <math.h>
+#include <setjmp.h>
 #include <stdint.h>
 #include <string.h>
 #include <ucontext.h>
@@ -44,10 +45,15 @@ constexpr size_t kGuardBytes = 256;
 
 enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 
+// A fiber starts through its ucontext (once); after that, switches are _setjmp/_longjmp between
+// its buffer and the scheduler's, which save no signal mask (swapcontext makes a system call).
 struct Fiber {
   ucontext_t ctx;
+  jmp_buf jb;
+  bool started;
   unsigned tid;
   State state;
+  unsigned shuffles;  // shuffles done: their parity picks the exchange buffer
 };
 
 struct Block {
@@ -56,13 +62,13 @@ struct Block {
   unsigned exited = 0;
   unsigned block_arrived = 0;
   unsigned warp_arrived[kMaxThreads / 32];
-  uint64_t shfl[kMaxThreads];
+  uint64_t shfl[2][kMaxThreads];
   std::string error;
 };
 
 extern Block* blk;
 extern Fiber* cur;
-extern ucontext_t scheduler;
+extern jmp_buf scheduler;
 
 inline dim3 thread_idx() { return dim3{cur->tid, 0, 0}; }
 
@@ -70,11 +76,12 @@ inline dim3 thread_idx() { return dim3{cur->tid, 0, 0}; }
 [[noreturn]] inline void fail(const std::string& what) {
   if (blk->error.empty()) blk->error = what;
   cur->state = DONE;
-  swapcontext(&cur->ctx, &scheduler);
-  __builtin_unreachable();
+  _longjmp(scheduler, 1);
 }
 
-inline void yield() { swapcontext(&cur->ctx, &scheduler); }
+inline void yield() {
+  if (!_setjmp(cur->jb)) _longjmp(scheduler, 1);
+}
 
 inline void block_barrier() {
   Block& b = *blk;
@@ -120,11 +127,13 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
   const unsigned t = emu::cur->tid;
   if (mask != 0xffffffffu) emu::fail("only full-warp shuffles are emulated");
   if ((t | 31) >= b.dim.x) emu::fail("a full-warp shuffle in a partial warp");
-  memcpy(&b.shfl[t], &v, sizeof(T));
+  // Alternate buffers: a lane writes this one again only two shuffles later, after the next
+  // shuffle's barrier, which every lane reaches after reading here.
+  uint64_t* slots = b.shfl[emu::cur->shuffles++ & 1];
+  memcpy(&slots[t], &v, sizeof(T));
   emu::warp_barrier();
   T r;
-  memcpy(&r, &b.shfl[(t & ~31u) | ((t ^ (unsigned)lane_mask) & 31u)], sizeof(T));
-  emu::warp_barrier();  // nobody overwrites a slot before every lane has read
+  memcpy(&r, &slots[(t & ~31u) | ((t ^ (unsigned)lane_mask) & 31u)], sizeof(T));
   return r;
 }
 

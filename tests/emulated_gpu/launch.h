@@ -14,7 +14,7 @@ namespace emu {
 
 Block* blk = nullptr;
 Fiber* cur = nullptr;
-ucontext_t scheduler;
+jmp_buf scheduler;
 
 static std::function<void()>* body = nullptr;
 static std::vector<char> stacks;
@@ -23,7 +23,8 @@ static void entry() {
   (*body)();
   cur->state = DONE;
   blk->exited++;
-}  // returns to uc_link: the scheduler
+  _longjmp(scheduler, 1);
+}
 
 static std::string states(const Block& b) {
   unsigned n[4] = {0, 0, 0, 0};
@@ -48,7 +49,7 @@ static std::string run_block(unsigned threads, bool descending) {
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = stacks.data() + t * kStackBytes;
     f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = &scheduler;
+    f.ctx.uc_link = nullptr;  // entry() never returns: it jumps to the scheduler
     makecontext(&f.ctx, entry, 0);
   }
   for (;;) {
@@ -57,7 +58,11 @@ static std::string run_block(unsigned threads, bool descending) {
       Fiber& f = b.fibers[descending ? threads - 1 - k : k];
       if (f.state == RUNNABLE) {
         cur = &f;
-        swapcontext(&scheduler, &f.ctx);
+        if (!_setjmp(scheduler)) {
+          if (f.started) _longjmp(f.jb, 1);
+          f.started = true;
+          setcontext(&f.ctx);
+        }
         cur = nullptr;
         ran = true;
         if (!b.error.empty()) return b.error;
