@@ -8,8 +8,10 @@ needs CuPy and NVRTC but no GPU.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -411,3 +413,41 @@ def test_gpu_bench_script_runs_end_to_end():
             runpy.run_path(str(script), run_name="__main__")
         finally:
             sys.argv = argv
+
+
+def test_cubin_without_gpu():
+    """A device's image: a cubin for sm_90 from the real NVRTC, no GPU needed."""
+    pytest.importorskip("cupy")
+    lcuda = pytest.importorskip("lnrs.cuda")
+    from lnrs.cuda import _compile
+
+    try:
+        lcuda.nvrtc_version()
+    except (ImportError, RuntimeError) as e:
+        pytest.skip(f"NVRTC not available: {e}")
+    assert _compile.target(90) == "sm_90"
+    image, lowered = _compile.compile_image(_compile.name_expressions("float32"), "sm_90")
+    assert image[:4] == b"\x7fELF" and all(v.startswith("_Z") for v in lowered.values())
+
+
+def test_images_are_cached_on_disk(monkeypatch):
+    """The second process (here: a cleared in-memory table) loads the image from
+    LNRS_CUDA_CACHE without compiling; a corrupt names file is compiled again."""
+    if build.compiler() is None:
+        pytest.skip("no C++ compiler for the GPU emulator")
+    with cupy_on_host.installed() as lcuda:
+        from lnrs.cuda import _compile
+
+        x = cupy_on_host.asarray(np.arange(12.0, dtype=np.float32).reshape(3, 4))
+        first = lcuda.layer_norm(x, 4)
+        cache = Path(os.environ["LNRS_CUDA_CACHE"])
+        files = sorted(p.suffix for p in cache.iterdir())
+        assert files == [".cubin", ".json"]
+        _compile._modules.clear()
+        compiled = []
+        real = _compile.compile_image
+        monkeypatch.setattr(_compile, "compile_image", lambda *a: compiled.append(a) or real(*a))
+        assert cupy_on_host.array_equal(lcuda.layer_norm(x, 4), first) and not compiled
+        next(cache.glob("*.json")).write_text("{not json")
+        _compile._modules.clear()
+        assert cupy_on_host.array_equal(lcuda.layer_norm(x, 4), first) and len(compiled) == 1

@@ -40,7 +40,8 @@ def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
 
 
-def _name_expressions() -> list[str]:
+def name_expressions() -> list[str]:
+    """Every kernel variant lnrs.cuda may ask for (the registry's rows)."""
     # _compile.py imports nothing from CuPy at module level: load it as a plain file.
     spec = importlib.util.spec_from_file_location("lnrs_cuda_compile_names", COMPILE_PY)
     mod = importlib.util.module_from_spec(spec)
@@ -50,7 +51,7 @@ def _name_expressions() -> list[str]:
 
 
 def registry_source() -> str:
-    rows = ",\n".join(f'    LNRS_ENTRY("{n}", {n})' for n in _name_expressions())
+    rows = ",\n".join(f'    LNRS_ENTRY("{n}", {n})' for n in name_expressions())
     return (
         '#include "cuda_host.h"\n'
         f'#include "{NORM_CU}"\n'

@@ -1,15 +1,18 @@
-"""A stand-in for the part of CuPy that lnrs.cuda and tests/test_cuda.py use, on the host.
+"""A stand-in for the part of CuPy (and of its NVRTC bindings) that lnrs.cuda and the GPU
+tests use, on the host.
 
-"Device" arrays are NumPy arrays (a subclass named ``cupy.ndarray``, so lnrs's dispatch takes
-them for CuPy's) in guarded allocations; ``RawModule`` functions run norm.cu's kernels in the
-emulator (build.py, cuda_host.h, launch.h). Like the driver, a launch rejects more than 48 KiB
-of dynamic shared memory unless the function's ``max_dynamic_shared_size_bytes`` allows it; and
-unlike it, every launch checks its arguments' kinds against the kernel's parameters and, after
-it ran, the guard bytes around every live allocation.
+"Device" arrays hold host NumPy arrays in guarded allocations, in a class named
+``cupy.ndarray`` (so lnrs's dispatch takes them for CuPy's) that refuses implicit conversion to
+NumPy as CuPy's does. The NVRTC stand-in checks what lnrs.cuda compiles (source, variants,
+options) and ``RawModule(path=...)`` loads its "image": the kernels then run in the emulator
+(build.py, cuda_host.h, launch.h). Like the driver, a launch rejects more than 48 KiB of dynamic
+shared memory unless the function's ``max_dynamic_shared_size_bytes`` allows it; unlike it,
+every launch checks its arguments' kinds against the kernel's parameters and, after it ran,
+the guard bytes around every live allocation.
 
-``installed()`` puts this module in ``sys.modules["cupy"]`` for a while; ``SM_COUNT`` sets the
-device's multiprocessor count (small, so that CTAs own several rows); ``DESCENDING`` runs each CTA's
-threads, and the grid's CTAs, in descending order.
+``installed()`` puts the stand-ins in ``sys.modules`` for a while; ``SM_COUNT`` sets the
+device's multiprocessor count (small, so that CTAs own several rows); ``DESCENDING`` runs each
+CTA's threads, and the grid's CTAs, in descending order.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import os
 import sys
+import tempfile
 import time
 import types
 import weakref
+from pathlib import Path
 
 import numpy as np
 
@@ -174,6 +180,7 @@ class Device:
         if device_id != 0:
             raise CUDARuntimeError(f"invalid device ordinal {device_id}")
         self.id = 0
+        self.compute_capability = "90"
         self.attributes = {"MultiProcessorCount": SM_COUNT}
 
     def __enter__(self):
@@ -238,16 +245,85 @@ def _pack(args) -> tuple[str, list[int]]:
     return kinds, slots
 
 
-class RawModule:
-    def __init__(self, code, options=(), name_expressions=()):
-        if code != build.NORM_CU.read_text():
-            raise ValueError("the emulator runs python/lnrs/cuda/norm.cu only")
-        self.names = set(name_expressions)
-        self.options = tuple(options)
+_IMAGE_MAGIC = b"lnrs emulated image\n"
+_LOWERED = "emulated::"
 
-    def get_function(self, name: str) -> Function:
+
+class _Program:
+    def __init__(self, src: str):
+        self.src, self.names, self.options = src, [], None
+
+
+class _Nvrtc(types.ModuleType):
+    """NVRTC's bindings as lnrs.cuda calls them: the "image" is the list of compiled name
+    expressions, each of which must be a variant the emulator built; compileProgram checks
+    the source and that the options keep IEEE float32 (no flush to zero)."""
+
+    def __init__(self):
+        super().__init__("cupy_backends.cuda.libs.nvrtc")
+
+    @staticmethod
+    def getVersion():
+        return (0, 0)
+
+    @staticmethod
+    def getSupportedArchs():
+        return (75, 80, 86, 89, 90, 100, 120)
+
+    @staticmethod
+    def createProgram(src, name, headers, include_names):
+        return _Program(src)
+
+    @staticmethod
+    def addNameExpression(prog, name):
+        prog.names.append(name)
+
+    @staticmethod
+    def compileProgram(prog, options):
+        if prog.src != build.NORM_CU.read_text():
+            raise RuntimeError("the emulator compiles python/lnrs/cuda/norm.cu only")
+        missing = set(prog.names) - set(build.name_expressions())
+        if missing:
+            raise RuntimeError(f"no such kernel variants: {sorted(missing)}")
+        for needed in ("-ftz=false", "-prec-div=true", "-prec-sqrt=true"):
+            if needed not in options:
+                raise RuntimeError(f"lnrs.cuda compiles without {needed}: {options}")
+        prog.options = list(options)
+
+    @staticmethod
+    def getCUBIN(prog):
+        return _IMAGE_MAGIC + "\n".join(prog.names).encode()
+
+    getPTX = getCUBIN
+
+    @staticmethod
+    def getLoweredName(prog, name):
+        return _LOWERED + name
+
+    @staticmethod
+    def getProgramLog(prog):
+        return ""
+
+    @staticmethod
+    def destroyProgram(prog):
+        pass
+
+
+class RawModule:
+    """Loads an image made by the NVRTC stand-in: its kernels run in the emulator."""
+
+    def __init__(self, code=None, *, path=None, options=(), name_expressions=None):
+        if code is not None or path is None:
+            raise ValueError("lnrs.cuda loads compiled images: RawModule(path=...)")
+        image = Path(path).read_bytes()
+        if not image.startswith(_IMAGE_MAGIC):
+            raise ValueError(f"{path} is not an image of the emulator's NVRTC stand-in")
+        self.names = set(image[len(_IMAGE_MAGIC) :].decode().split("\n"))
+
+    def get_function(self, lowered: str) -> Function:
+        name = lowered.removeprefix(_LOWERED)
         if name not in self.names:
-            raise KeyError(f"{name} is not among the module's name expressions")
+            raise KeyError(f"{lowered} is not in the module")
         return Function(name)
 
 
@@ -300,6 +376,14 @@ def installed():
     import lnrs
 
     names = ("cupy", "cupy_backends", "lnrs.cuda")
+    nvrtc = _Nvrtc()
+    stand_ins = {"cupy": sys.modules[__name__], "cupy_backends.cuda.libs.nvrtc": nvrtc}
+    for parent in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.libs"):
+        stand_ins[parent] = types.ModuleType(parent)
+    stand_ins["cupy_backends.cuda.libs"].nvrtc = nvrtc
+    cache = tempfile.TemporaryDirectory(prefix="lnrs_emulated_cache_")
+    old_cache = os.environ.get("LNRS_CUDA_CACHE")
+    os.environ["LNRS_CUDA_CACHE"] = cache.name
     saved = {
         k: v
         for k, v in sys.modules.items()
@@ -308,12 +392,17 @@ def installed():
     saved_attr = lnrs.__dict__.get("cuda")
     for k in saved:
         del sys.modules[k]
-    sys.modules["cupy"] = sys.modules[__name__]
+    sys.modules.update(stand_ins)
     try:
         yield importlib.import_module("lnrs.cuda")
     finally:
-        for k in [k for k in sys.modules if k == "cupy" or k.startswith("lnrs.cuda")]:
+        for k in [k for k in sys.modules if k.split(".")[0] in names[:2] or k.startswith(names[2])]:
             del sys.modules[k]
+        if old_cache is None:
+            del os.environ["LNRS_CUDA_CACHE"]
+        else:
+            os.environ["LNRS_CUDA_CACHE"] = old_cache
+        cache.cleanup()
         sys.modules.update(saved)
         if saved_attr is None:
             lnrs.__dict__.pop("cuda", None)

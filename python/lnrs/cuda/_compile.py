@@ -1,4 +1,4 @@
-"""The kernel variants and their compilation.
+"""The kernel variants, their compilation by NVRTC, and the modules loaded from it.
 
 Variants are C++ template instantiations of ``norm.cu`` named through NVRTC name expressions:
 per storage type (float32, float64, float16, bfloat16) and per row-width class (elements held per
@@ -6,27 +6,34 @@ thread ``E``, 16-byte vector loads or element-wise ones, a warp or a CTA per row
 "stream" kernels for rows wider than the register classes and the fixed-order reduction of
 backward's partials.
 
-Two ways in:
+lnrs runs NVRTC itself, through CuPy's bindings (``cupy_backends.cuda.libs.nvrtc``:
+createProgram, addNameExpression, compileProgram, getCUBIN/getPTX, getLoweredName), rather than
+through ``cupy.RawModule(code=...)``, for three reasons: the options are its own (CuPy appends
+``-ftz=true``, which would flush float32 subnormals to zero; lnrs keeps them); CuPy's compile
+path wants the CUDA runtime headers installed, although ``norm.cu`` includes none; and the
+bindings need no GPU, so :func:`compile_all` checks every variant on any machine with NVRTC.
 
-* :func:`compile_all` runs NVRTC directly through ``cupy_backends.cuda.libs.nvrtc`` (createProgram,
-  addNameExpression, compileProgram, getPTX, getLoweredName). It needs no GPU and no driver: CuPy's
-  high-level ``compile_using_nvrtc`` asks the driver for its version and fails on a machine without
-  a GPU, the bindings underneath do not. ``norm.cu`` includes no CUDA header (its 16-bit types are
-  its own), so no include path is needed either, under NVRTC 12 or 13.
-* :func:`get_module` builds a ``cupy.RawModule`` per storage type and device on first use; CuPy
-  compiles it then and keeps the binary in its kernel cache (``~/.cupy/kernel_cache``).
+* :func:`compile_all` compiles every variant to PTX for one architecture (no GPU needed).
+* :func:`get_module` compiles one storage type's variants for a device (a cubin for its
+  architecture, or PTX for the newest one this NVRTC knows below it, which the driver
+  finishes), keeps the image in a disk cache (``LNRS_CUDA_CACHE``, default
+  ``~/.cache/lnrs/cuda``) keyed by source, options, NVRTC version and target, and loads it with
+  ``cupy.RawModule(path=...)``.
 
-Finding NVRTC: CuPy (13+) loads ``libnvrtc`` from a CUDA toolkit (``CUDA_PATH``) or from the
-``nvidia-cuda-nvrtc-cu12`` wheel. Where it cannot, :func:`_preload_nvrtc` loads the wheel's
-``libnvrtc.so.*`` with ``ctypes`` (RTLD_GLOBAL) before the bindings are touched, so that the
-bindings' own ``dlopen("libnvrtc.so.12")`` finds the already loaded library.
+Finding NVRTC: CuPy 14 finds ``libnvrtc`` in the ``nvidia-cuda-nvrtc-cu12`` (or CUDA 13's
+``nvidia-cuda-nvrtc``) wheel by itself; CuPy 13 looks only in a CUDA toolkit. Where the bindings
+cannot load it, :func:`_preload_nvrtc` loads the wheel's ``libnvrtc.so.*`` with ``ctypes``
+(RTLD_GLOBAL), so that the bindings' own ``dlopen`` finds the already loaded library.
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
+import json
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -92,11 +99,16 @@ def name_expressions(dtype: str) -> list[str]:
     return names
 
 
-def options(arch: str | None = None) -> tuple[str, ...]:
-    opts = ("-std=c++14",)
-    if arch is not None:
-        opts += (f"--gpu-architecture={arch}",)
-    return opts
+def options(arch: str) -> tuple[str, ...]:
+    """NVRTC options for ``arch`` (``sm_XX``: a cubin; ``compute_XX``: PTX). IEEE float32:
+    subnormals kept (-ftz=false), divisions and square roots correctly rounded."""
+    return (
+        "-std=c++14",
+        "-ftz=false",
+        "-prec-div=true",
+        "-prec-sqrt=true",
+        f"--gpu-architecture={arch}",
+    )
 
 
 def _preload_nvrtc() -> None:
@@ -141,37 +153,108 @@ def nvrtc_version() -> tuple[int, int]:
     return tuple(_nvrtc().getVersion())
 
 
+def compile_image(names: list[str], arch: str) -> tuple[bytes, dict[str, str]]:
+    """Compiles the name expressions ``names`` of ``norm.cu`` for ``arch``: a cubin for
+    ``sm_XX``, PTX for ``compute_XX``. Returns the image and each name's lowered (mangled) name.
+    Raises RuntimeError with NVRTC's log when it does not compile."""
+    nvrtc = _nvrtc()
+    prog = nvrtc.createProgram(source(), SOURCE_FILE.name, [], [])
+    try:
+        for n in names:
+            nvrtc.addNameExpression(prog, n)
+        try:
+            nvrtc.compileProgram(prog, list(options(arch)))
+        except Exception as e:
+            raise RuntimeError(
+                f"lnrs.cuda: NVRTC failed for {arch}: {e}\n{nvrtc.getProgramLog(prog)}"
+            ) from e
+        image = nvrtc.getCUBIN(prog) if arch.startswith("sm_") else nvrtc.getPTX(prog)
+        if not image:
+            raise RuntimeError(f"lnrs.cuda: NVRTC produced no image for {arch}")
+        image = image.encode() if isinstance(image, str) else bytes(image)
+        return image, {n: nvrtc.getLoweredName(prog, n) for n in names}
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
 def compile_all(arch: str = "sm_90") -> list[str]:
     """Compile every kernel variant to PTX with NVRTC and return their lowered (mangled) names.
 
     Needs CuPy and NVRTC but no GPU. ``arch`` is ``sm_XX`` or ``compute_XX``; PTX is made for
     ``compute_XX``. Raises RuntimeError with NVRTC's log when a variant does not compile.
     """
-    nvrtc = _nvrtc()
-    target = "compute_" + arch.split("_", 1)[-1]
-    src = source()
-    names = [n for d in TYPES for n in name_expressions(d)]
-    names = list(dict.fromkeys(names))  # the float32 reduction is shared by three types
-    prog = nvrtc.createProgram(src, SOURCE_FILE.name, [], [])
+    names = list(dict.fromkeys(n for d in TYPES for n in name_expressions(d)))
+    _, lowered = compile_image(names, "compute_" + arch.split("_", 1)[-1])
+    return [lowered[n] for n in names]
+
+
+def target(capability: int) -> str:
+    """What to compile for a device of compute capability ``capability`` (e.g. 90): its own
+    cubin when this NVRTC knows it, else PTX for the newest architecture below it."""
+    archs = sorted(int(a) for a in _nvrtc().getSupportedArchs())
+    if capability in archs:
+        return f"sm_{capability}"
+    older = [a for a in archs if a <= capability]
+    if not older:
+        raise RuntimeError(
+            f"lnrs.cuda: NVRTC {nvrtc_version()} cannot compile for compute capability "
+            f"{capability} (it knows {archs})"
+        )
+    return f"compute_{older[-1]}"
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("LNRS_CUDA_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lnrs" / "cuda"
+
+
+def _cached_image(dtype: str, arch: str) -> tuple[Path, dict[str, str]]:
+    """The image file of ``dtype``'s variants for ``arch`` and their lowered names, compiled
+    on a cache miss. Where the cache folder is not writable, the image goes to a temporary one."""
+    names = name_expressions(dtype)
+    parts = [source(), *options(arch), str(nvrtc_version()), *names]
+    stem = f"{dtype}_" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+    suffix = ".cubin" if arch.startswith("sm_") else ".ptx"
+    folder = _cache_dir()
     try:
-        for n in names:
-            nvrtc.addNameExpression(prog, n)
-        try:
-            nvrtc.compileProgram(prog, list(options(target)))
-        except Exception as e:
-            raise RuntimeError(
-                f"lnrs.cuda: NVRTC failed for {target}: {e}\n{nvrtc.getProgramLog(prog)}"
-            ) from e
-        ptx = nvrtc.getPTX(prog)
-        if not ptx:
-            raise RuntimeError("lnrs.cuda: NVRTC produced no PTX")
-        return [nvrtc.getLoweredName(prog, n) for n in names]
-    finally:
-        nvrtc.destroyProgram(prog)
+        lowered = json.loads((folder / f"{stem}.json").read_text())
+        if (folder / f"{stem}{suffix}").exists():
+            return folder / f"{stem}{suffix}", lowered
+    except (OSError, ValueError):
+        pass
+    image, lowered = compile_image(names, arch)
+    try:
+        _write(folder, stem, suffix, image, lowered)
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="lnrs_cuda_"))
+        _write(folder, stem, suffix, image, lowered)
+    return folder / f"{stem}{suffix}", lowered
 
 
-def get_module(dtype: str, device_id: int):
-    """The ``cupy.RawModule`` for storage type ``dtype`` on one device (compiled on first use)."""
+def _write(folder: Path, stem: str, suffix: str, image: bytes, lowered: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in ((stem + suffix, image), (stem + ".json", json.dumps(lowered).encode())):
+        tmp = folder / f"{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)  # atomic: a concurrent reader sees all or nothing
+
+
+class Module:
+    """One storage type's kernels on one device: ``get(name_expression)`` gives the function."""
+
+    def __init__(self, raw_module, lowered: dict[str, str]):
+        self._raw = raw_module
+        self._lowered = lowered
+
+    def get(self, name: str):
+        return self._raw.get_function(self._lowered[name])
+
+
+def get_module(dtype: str, device_id: int) -> Module:
+    """``dtype``'s kernels on one device (compiled, or read from the disk cache, on first use)."""
     key = (dtype, device_id)
     mod = _modules.get(key)
     if mod is None:
@@ -180,8 +263,9 @@ def get_module(dtype: str, device_id: int):
         with _lock:
             mod = _modules.get(key)
             if mod is None:
-                mod = cupy.RawModule(
-                    code=source(), options=options(), name_expressions=name_expressions(dtype)
-                )
+                capability = int(cupy.cuda.Device(device_id).compute_capability)
+                path, lowered = _cached_image(dtype, target(capability))
+                with cupy.cuda.Device(device_id):
+                    mod = Module(cupy.RawModule(path=str(path)), lowered)
                 _modules[key] = mod
     return mod

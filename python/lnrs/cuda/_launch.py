@@ -143,14 +143,14 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
         smem, extra = 0, ()
         if n <= 32 * C.FWD_WARP_E[-1]:
             e = next(e for e in C.FWD_WARP_E if 32 * e >= n)
-            kern, threads = mod.get_function(C.fwd_name(dt, e, aligned, False)), 256
+            kern, threads = mod.get(C.fwd_name(dt, e, aligned, False)), 256
             grid, per = _grid(rows, threads // 32, sms * 8)
         elif n <= C.MAX_THREADS * C.BLOCK_E:
             threads = _round32(-(-n // C.BLOCK_E))
-            kern = mod.get_function(C.fwd_name(dt, C.BLOCK_E, aligned, True))
+            kern = mod.get(C.fwd_name(dt, C.BLOCK_E, aligned, True))
             grid, per = _grid(rows, 1, sms * max(1, 2048 // threads))
         else:
-            kern, threads = mod.get_function(C.fwd_stream_name(dt)), 1024
+            kern, threads = mod.get(C.fwd_stream_name(dt)), 1024
             smem = _row_cache(n * x.dtype.itemsize, kern)
             grid, per = _grid(rows, 1, sms * 2)
             extra = (np.int32(smem > 0),)
@@ -199,15 +199,15 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
         smem, extra = 2 * n * acc_size, ()
         if n <= 32 * C.BWD_WARP_E[-1]:
             e = next(e for e in C.BWD_WARP_E if 32 * e >= n)
-            kern, threads = mod.get_function(C.bwd_name(dt, e, aligned, False)), 256
+            kern, threads = mod.get(C.bwd_name(dt, e, aligned, False)), 256
             grid, per = _grid(rows, threads // 32, sms * 8)
         elif n <= C.MAX_THREADS * C.BLOCK_E and smem <= _SMEM_LIMIT:
             threads = _round32(-(-n // C.BLOCK_E))
-            kern = mod.get_function(C.bwd_name(dt, C.BLOCK_E, aligned, True))
+            kern = mod.get(C.bwd_name(dt, C.BLOCK_E, aligned, True))
             per_sm = max(1, min(2048 // threads, (228 * 1024) // (smem + 1024)))
             grid, per = _grid(rows, 1, sms * per_sm)
         else:
-            kern, threads = mod.get_function(C.bwd_stream_name(dt)), 1024
+            kern, threads = mod.get(C.bwd_stream_name(dt)), 1024
             smem = _row_cache(2 * n * x.dtype.itemsize, kern)
             grid, per = _grid(rows, 1, sms * 2)
             extra = (np.int32(smem > 0),)
@@ -218,7 +218,7 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
         args += (np.int32(eps_v is not None), np.int64(per)) + extra
         kern((grid,), (threads,), args, shared_mem=smem)
         sums = cupy.empty(2 * n, acc)
-        red = mod.get_function(C.reduce_name(acc))
+        red = mod.get(C.reduce_name(acc))
         red((-(-2 * n // 256),), (256,), (partial, np.int32(grid), np.int32(2 * n), sums))
         dw = sums[:n].reshape(dims)
         db = None if rms else sums[n:].reshape(dims)
