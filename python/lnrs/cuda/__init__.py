@@ -6,8 +6,9 @@ float16 or bfloat16, and return CuPy arrays on the input's device, launched on t
 stream. mean/rstd (and, for the half types, dweight/dbias) are float32; float64 for float64.
 
 Numerics: fp32 accumulation (fp64 for float64) with two-pass statistics on a row held in
-registers; results are deterministic for a given device and shape (dweight/dbias are per-CTA
-partials added in a fixed order, no atomics).
+registers; results are deterministic for a given device and shape, whatever the alignment
+(dweight/dbias are per-CTA partials added in a fixed order, no atomics). Kernels are compiled
+by NVRTC on first use and cached on disk (see ``_compile``).
 
 :func:`compile_all` compiles every kernel variant with NVRTC and needs no GPU.
 """
@@ -19,7 +20,7 @@ import numpy as np
 try:
     import cupy
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(f"lnrs.cuda needs CuPy (pip install cupy-cuda12x): {e}") from e
+    raise ImportError(f"lnrs.cuda needs CuPy (pip install 'lnrs[cuda12]'): {e}") from e
 
 from ._compile import compile_all, nvrtc_version
 from ._launch import backward, forward
