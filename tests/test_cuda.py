@@ -451,3 +451,28 @@ def test_images_are_cached_on_disk(monkeypatch):
         next(cache.glob("*.json")).write_text("{not json")
         _compile._modules.clear()
         assert cupy_on_host.array_equal(lcuda.layer_norm(x, 4), first) and len(compiled) == 1
+
+
+def test_overlapping_outputs(gpu):
+    """As on the CPU: an out= that overlaps x without being x gets x's values as they were;
+    out and sum_out must not overlap; sum_out=residual and out=x work in place."""
+    cupy, lcuda = gpu
+    rng = np.random.default_rng(10)
+    m, n = 40, 1000  # rows for several CTAs: one CTA's output lands on another's input
+    buf = cupy.asarray(rng.standard_normal((m + 1) * n).astype(np.float32))
+    r = cupy.asarray(rng.standard_normal((m, n)).astype(np.float32))
+    x = buf[: m * n].reshape(m, n)
+    x0 = x.copy()  # x's values before out= overwrites them
+    expected = lcuda.layer_norm(x0, n)
+    expected_y, expected_s = lcuda.add_layer_norm(x0, r, n)
+    shifted = buf[n:].reshape(m, n)  # one row further on: rows overlap x's
+    assert cupy.array_equal(lcuda.layer_norm(x, n, out=shifted), expected)
+    buf2 = cupy.asarray(np.zeros((m + 1) * n, np.float32))
+    with pytest.raises(ValueError, match="out and sum_out must not overlap"):
+        lcuda.add_layer_norm(
+            x0, r, n, out=buf2[: m * n].reshape(m, n), sum_out=buf2[n:].reshape(m, n)
+        )
+    xi, ri = x0.copy(), r.copy()
+    y, s = lcuda.add_layer_norm(xi, ri, n, out=xi, sum_out=ri)
+    assert y is xi and s is ri
+    assert cupy.array_equal(y, expected_y) and cupy.array_equal(s, expected_s)

@@ -72,6 +72,22 @@ def _out(o, x, name):
     return o
 
 
+def _overlap(a, b) -> bool:
+    """Whether two C-contiguous arrays (or None) share bytes."""
+    if a is None or b is None:
+        return False
+    return a.data.ptr < b.data.ptr + b.nbytes and b.data.ptr < a.data.ptr + a.nbytes
+
+
+def _apart(a, outputs, in_place=None):
+    """`a`, or a copy of it when it overlaps an output other than exactly `in_place`."""
+    for o in outputs:
+        if _overlap(a, o):
+            same = o is in_place and a.data.ptr == o.data.ptr and a.nbytes == o.nbytes
+            return a if same else a.copy()
+    return a
+
+
 def _ptr(a):
     return _NULL if a is None else a
 
@@ -125,6 +141,13 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
         res = None if residual is None else _like(residual, x, "residual")
         y = _out(out, x, "out")
         s = None if residual is None else _out(sum_out, x, "sum_out")
+        if _overlap(y, s):
+            raise ValueError("out and sum_out must not overlap")
+        # As on the CPU: an input that overlaps an output is copied first, unless it is exactly
+        # the output it is updated into (each element is read before it is written).
+        xc = _apart(xc, (y, s), in_place=y)
+        res = _apart(res, (y, s), in_place=s)
+        w, b = _apart(w, (y, s)), _apart(b, (y, s))
         mean = cupy.empty(lead, acc) if stats and not rms else None
         rstd = cupy.empty(lead, acc) if stats else None
         n = int(np.prod(dims))
