@@ -60,7 +60,7 @@ def test_compile_all_without_gpu():
     except (ImportError, RuntimeError) as e:
         pytest.skip(f"NVRTC not available: {e}")
     names = lcuda.compile_all("sm_90")
-    assert len(names) == len(set(names)) == 74, version
+    assert len(names) == len(set(names)) == 82, version
     assert all(n.startswith("_Z") for n in names)
 
 
@@ -246,9 +246,11 @@ def _every_op(cupy, lcuda, dtype_name, n, rows, seed=3):
 
 
 # Row lengths that reach every kernel variant: each warp class (forward 256/512/1024/2048,
-# backward 256/512), the CTA class, the stream kernels beyond 16384, each with a length that is a
-# multiple of every vector width (vector loads) and one that is not (element-wise loads).
-VARIANT_WIDTHS = [256, 255, 512, 509, 1024, 1021, 2048, 2047, 4096, 4093, 16392, 16393]
+# backward 256/512), the CTA classes (backward up to 8192 and beyond), the stream kernels beyond
+# 16384, each with a length that is a multiple of every vector width (vector loads) and one that
+# is not (element-wise loads).
+VARIANT_WIDTHS = [256, 255, 512, 509, 1024, 1021, 2048, 2047, 4096, 4093, 12288, 12285]
+VARIANT_WIDTHS += [16392, 16393]
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)

@@ -54,6 +54,9 @@ ACC_CTYPE = {"float32": "float", "float64": "double"}
 FWD_WARP_E = (8, 16, 32, 64)
 BWD_WARP_E = (8, 16)
 BLOCK_E = 16
+# The backward's CTA per row holds x and dy: 8 elements per thread up to 8192 (no register
+# spills under the 64 registers that 1024 threads allow), 16 beyond (float32 spills ~100 bytes).
+BWD_BLOCK_E = (8, BLOCK_E)
 MAX_THREADS = 1024
 
 _lock = threading.Lock()
@@ -94,7 +97,7 @@ def name_expressions(dtype: str) -> list[str]:
     names = [fwd_name(dtype, e, a, False) for e in FWD_WARP_E for a in both]
     names += [fwd_name(dtype, BLOCK_E, a, True) for a in both]
     names += [bwd_name(dtype, e, a, False) for e in BWD_WARP_E for a in both]
-    names += [bwd_name(dtype, BLOCK_E, a, True) for a in both]
+    names += [bwd_name(dtype, e, a, True) for e in BWD_BLOCK_E for a in both]
     names += [fwd_stream_name(dtype), bwd_stream_name(dtype), reduce_name(TYPES[dtype][2])]
     return names
 

@@ -224,9 +224,10 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
             e = next(e for e in C.BWD_WARP_E if 32 * e >= n)
             kern, threads = mod.get(C.bwd_name(dt, e, aligned, False)), 256
             grid, per = _grid(rows, threads // 32, sms * 8)
-        elif n <= C.MAX_THREADS * C.BLOCK_E and smem <= _SMEM_LIMIT:
-            threads = _round32(-(-n // C.BLOCK_E))
-            kern = mod.get(C.bwd_name(dt, C.BLOCK_E, aligned, True))
+        elif n <= C.MAX_THREADS * C.BWD_BLOCK_E[-1] and smem <= _SMEM_LIMIT:
+            e = next(e for e in C.BWD_BLOCK_E if C.MAX_THREADS * e >= n)
+            threads = _round32(-(-n // e))
+            kern = mod.get(C.bwd_name(dt, e, aligned, True))
             per_sm = max(1, min(2048 // threads, (228 * 1024) // (smem + 1024)))
             grid, per = _grid(rows, 1, sms * per_sm)
         else:
