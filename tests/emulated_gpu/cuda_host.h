@@ -1,10 +1,12 @@
 // CUDA's device built-ins on the host, enough to run python/lnrs/cuda/norm.cu on a CPU.
 //
-// A CTA runs as blockDim cooperative fibers on one OS thread (started by makecontext, switched by
-// _setjmp/_longjmp); CTAs run one after another. __syncthreads and warp shuffles are barriers: a fiber that reaches one yields, and the
-// barrier opens when every thread of the CTA (or lane of the warp) has arrived. Between barriers
-// the fibers run one at a time, in ascending or descending thread order (a launch argument), so a
-// missing barrier shows up as results that depend on the order. The checks are stricter than the
+// A CTA runs as blockDim cooperative fibers on one OS thread (started by makecontext, switched
+// by _setjmp/_longjmp); CTAs run one after another. __syncthreads and warp shuffles are
+// barriers: a fiber that reaches one yields, and the barrier opens when every thread of the CTA
+// (or lane of the warp) has arrived. Between barriers the fibers run one at a time, in an order
+// a launch argument picks (launch.h's Schedule: thread by thread or warp by warp, ascending or
+// descending), so a missing barrier shows up as results that depend on the order. The checks
+// are stricter than the
 // hardware: a barrier that not every thread reaches (a thread exits while others wait, or no
 // fiber can run) and a shuffle outside a full warp are errors, reported by the launch.
 //

@@ -35,7 +35,26 @@ static std::string states(const Block& b) {
 }
 
 // Runs one CTA; returns an error message, empty when it completed.
-static std::string run_block(unsigned threads, bool descending) {
+// How a CTA's fibers take turns between barriers (bit 0: descending order, threads and CTAs).
+// Round robin: each runnable thread runs to its next barrier, then the next thread. By warps:
+// one warp runs as far as it can (to a __syncthreads or its end) before the next starts, so a
+// warp that reuses shared memory for the next row gets there before slower warps have read it.
+enum Schedule { ROUND_ROBIN_UP, ROUND_ROBIN_DOWN, BY_WARPS_UP, BY_WARPS_DOWN };
+
+// Runs fiber f if it can run; whether it did.
+static bool step(Fiber& f) {
+  if (f.state != RUNNABLE) return false;
+  cur = &f;
+  if (!_setjmp(scheduler)) {
+    if (f.started) _longjmp(f.jb, 1);
+    f.started = true;
+    setcontext(&f.ctx);
+  }
+  cur = nullptr;
+  return true;
+}
+
+static std::string run_block(unsigned threads, Schedule schedule) {
   Block& b = *blk;
   b.fibers.assign(threads, Fiber{});
   b.exited = b.block_arrived = 0;
@@ -52,24 +71,25 @@ static std::string run_block(unsigned threads, bool descending) {
     f.ctx.uc_link = nullptr;  // entry() never returns: it jumps to the scheduler
     makecontext(&f.ctx, entry, 0);
   }
+  const bool down = schedule & 1, by_warps = schedule >= BY_WARPS_UP;
+  const unsigned group = by_warps ? 32 : threads, groups = (threads + group - 1) / group;
   for (;;) {
-    bool ran = false, all_done = true;
-    for (unsigned k = 0; k < threads; ++k) {
-      Fiber& f = b.fibers[descending ? threads - 1 - k : k];
-      if (f.state == RUNNABLE) {
-        cur = &f;
-        if (!_setjmp(scheduler)) {
-          if (f.started) _longjmp(f.jb, 1);
-          f.started = true;
-          setcontext(&f.ctx);
+    bool ran = false;
+    for (unsigned kg = 0; kg < groups; ++kg) {
+      const unsigned g0 = (down ? groups - 1 - kg : kg) * group;
+      const unsigned size = threads - g0 < group ? threads - g0 : group;
+      for (bool again = true; again;) {  // round robin within the group until it is stuck
+        again = false;
+        for (unsigned k = 0; k < size; ++k) {
+          if (step(b.fibers[g0 + (down ? size - 1 - k : k)])) {
+            ran = again = true;
+            if (!b.error.empty()) return b.error;
+          }
         }
-        cur = nullptr;
-        ran = true;
-        if (!b.error.empty()) return b.error;
+        again = again && by_warps;  // round robin: one turn each, then the next pass
       }
-      all_done = all_done && f.state == DONE;
     }
-    if (all_done) return "";
+    if (b.exited == threads) return "";
     if (!ran) return "deadlock: a barrier that not every thread reaches (" + states(b) + ")";
   }
 }
@@ -110,7 +130,7 @@ struct Kind<double> {
 struct Launch {
   unsigned grid, threads;
   size_t smem;
-  bool descending;
+  Schedule schedule;
   std::string kinds;
   std::vector<uint64_t> slots;
 };
@@ -136,12 +156,12 @@ std::string run(void (*kernel)(P...), const Launch& L, std::index_sequence<I...>
   blk = &b;
   body = &call;
   for (unsigned k = 0; k < L.grid; ++k) {
-    const unsigned c = L.descending ? L.grid - 1 - k : k;
+    const unsigned c = (L.schedule & 1) ? L.grid - 1 - k : k;
     b.idx = dim3{c, 0, 0};
     b.dim = dim3{L.threads, 1, 1};
     b.grid = dim3{L.grid, 1, 1};
     memset(dyn_smem, 0xff, L.smem + kGuardBytes);
-    std::string err = run_block(L.threads, L.descending);
+    std::string err = run_block(L.threads, L.schedule);
     for (size_t i = L.smem; i < L.smem + kGuardBytes && err.empty(); ++i)
       if (dyn_smem[i] != 0xff) err = "a write past the dynamic shared memory's end";
     if (!err.empty()) {
@@ -184,12 +204,12 @@ extern const size_t lnrs_entry_count;
 
 // Launches kernel `name` (a name expression); 0 when it ran, else an error message in err.
 extern "C" int lnrs_emu_launch(const char* name, unsigned grid, unsigned threads,
-                               unsigned long long smem, int descending, const char* kinds,
+                               unsigned long long smem, int schedule, const char* kinds,
                                const unsigned long long* slots, char* err, int err_size) {
   std::string e = std::string("no kernel variant named ") + name;
   for (size_t i = 0; i < lnrs_entry_count; ++i)
     if (strcmp(lnrs_entries[i].name, name) == 0) {
-      emu::Launch L{grid, threads, smem, descending != 0, kinds, {}};
+      emu::Launch L{grid, threads, smem, static_cast<emu::Schedule>(schedule & 3), kinds, {}};
       L.slots.assign(slots, slots + L.kinds.size());
       e = lnrs_entries[i].runner(L);
       break;
