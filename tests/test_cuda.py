@@ -272,20 +272,39 @@ def test_every_kernel_variant_runs_and_is_right(dtype_name):
 # 60000: neither.
 @pytest.mark.parametrize("n", [64, 1000, 4096, 16392, 16393, 30000, 60000])
 def test_thread_and_cta_order_do_not_change_bits(n):
-    """On the emulator: each CTA's threads, and the CTAs, run in ascending or descending order
-    between barriers; a missing barrier or a cross-CTA dependence would change the results."""
+    """On the emulator, under each schedule (threads or whole warps taking turns between
+    barriers, ascending or descending, CTAs too): a missing barrier, shared memory reused too
+    early, or a dependence between CTAs would change the results."""
     if build.compiler() is None:
         pytest.skip("no C++ compiler for the GPU emulator")
     with cupy_on_host.installed() as lcuda:
         runs = []
-        for descending in (False, True):
-            cupy_on_host.DESCENDING = descending
+        for schedule in range(len(cupy_on_host.SCHEDULES)):
+            cupy_on_host.SCHEDULE = schedule
             try:
-                runs.append(_every_op(cupy_on_host, lcuda, "float32", n, rows=5))
+                runs.append(_every_op(cupy_on_host, lcuda, "float32", n, rows=9))
             finally:
-                cupy_on_host.DESCENDING = False
-        for a, b in zip(*runs):
-            assert cupy_on_host.array_equal(a, b)
+                cupy_on_host.SCHEDULE = 0
+        for other in runs[1:]:
+            for a, b in zip(runs[0], other):
+                assert cupy_on_host.array_equal(a, b)
+
+
+@pytest.mark.parametrize("optin_kib", [99, 163])
+def test_devices_with_less_shared_memory(optin_kib):
+    """On the emulator as an sm_86/89 (99 KiB a CTA) or A100 (163 KiB): the row caches and the
+    backward's CTA kernel take what the device has, and the stream kernels do without."""
+    if build.compiler() is None:
+        pytest.skip("no C++ compiler for the GPU emulator")
+    saved = cupy_on_host.SMEM_OPTIN
+    cupy_on_host.SMEM_OPTIN = optin_kib * 1024
+    try:
+        with cupy_on_host.installed() as lcuda:
+            for n in (12288, 16392, 30000):
+                _every_op(cupy_on_host, lcuda, "float32", n, rows=3)
+            _every_op(cupy_on_host, lcuda, "float64", 12288, rows=3)
+    finally:
+        cupy_on_host.SMEM_OPTIN = saved
 
 
 def test_out_in_place_and_unaligned(gpu):
@@ -315,6 +334,8 @@ def test_errors_name_the_argument(gpu):
     with pytest.raises(ValueError, match="dy"):
         _, mean, rstd = lcuda.layer_norm_forward(x, 8)
         lcuda.layer_norm_backward(cupy.zeros((4, 9), np.float32), x, mean, rstd, 8)
+    with pytest.raises(ValueError, match="rows of at most"):
+        lcuda.layer_norm(cupy.broadcast_to(cupy.zeros(1, np.float32), (1, 2**30)), 2**30)
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)

@@ -11,8 +11,10 @@ every launch checks its arguments' kinds against the kernel's parameters and, af
 the guard bytes around every live allocation.
 
 ``installed()`` puts the stand-ins in ``sys.modules`` for a while; ``SM_COUNT`` sets the
-device's multiprocessor count (small, so that CTAs own several rows); ``DESCENDING`` runs each
-CTA's threads, and the grid's CTAs, in descending order.
+device's multiprocessor count (small, so that CTAs own several rows); ``SCHEDULE`` picks the
+order in which a CTA's threads take turns between barriers (one of ``SCHEDULES``, as launch.h's
+``Schedule``: thread by thread or warp by warp, ascending or descending; descending ones run
+the grid's CTAs in descending order too).
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ import numpy as np
 from . import build
 
 SM_COUNT = 2
-DESCENDING = False
+SMEM_OPTIN = 227 * 1024  # shared memory a CTA may opt into (H100/H200); 99 KiB on sm_86/89
+SCHEDULES = (
+    "round robin, ascending",
+    "round robin, descending",
+    "by warps, ascending",
+    "by warps, descending",
+)
+SCHEDULE = 0
 LAUNCHED: set[str] = set()  # the kernel variants launched (their name expressions)
 _ALIGN = 256  # CuPy's allocations are at least 256-byte aligned
 _GUARD = 256
@@ -154,6 +163,10 @@ def ones(shape, dtype=np.float64) -> ndarray:
     return a
 
 
+def broadcast_to(a: ndarray, shape) -> ndarray:
+    return ndarray(np.broadcast_to(a._a, shape))
+
+
 def asarray(a, dtype=None) -> ndarray:
     if isinstance(a, ndarray):
         return a if dtype is None else a.astype(dtype, copy=False)
@@ -181,7 +194,11 @@ class Device:
             raise CUDARuntimeError(f"invalid device ordinal {device_id}")
         self.id = 0
         self.compute_capability = "90"
-        self.attributes = {"MultiProcessorCount": SM_COUNT}
+        self.attributes = {
+            "MultiProcessorCount": SM_COUNT,
+            "MaxSharedMemoryPerBlockOptin": SMEM_OPTIN,
+            "MaxSharedMemoryPerMultiprocessor": SMEM_OPTIN + 1024,
+        }
 
     def __enter__(self):
         return self
@@ -197,12 +214,27 @@ def _get_device_count() -> int:
 class Function:
     def __init__(self, name: str):
         self.name = name
-        self.max_dynamic_shared_size_bytes = 0
+        self._max_dynamic_smem = 0
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        return self._max_dynamic_smem
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, nbytes: int) -> None:
+        # The driver refuses more than the device's opt-in limit less the static shared memory
+        # (norm.cu's kernels: at most 1.5 KiB).
+        if nbytes > SMEM_OPTIN - 1536:
+            raise CUDARuntimeError(
+                f"{self.name}: cuFuncSetAttribute({nbytes}) over the device's "
+                f"{SMEM_OPTIN} bytes (CUDA_ERROR_INVALID_VALUE)"
+            )
+        self._max_dynamic_smem = nbytes
 
     def __call__(self, grid, block, args, shared_mem=0):
         if len(grid) != 1 or len(block) != 1:
             raise NotImplementedError("the emulator runs 1-D grids and blocks")
-        if shared_mem > max(48 * 1024, self.max_dynamic_shared_size_bytes):
+        if shared_mem > max(48 * 1024, self._max_dynamic_smem):
             raise CUDARuntimeError(
                 f"{self.name}: {shared_mem} bytes of dynamic shared memory without raising "
                 "max_dynamic_shared_size_bytes (CUDA_ERROR_INVALID_VALUE)"
@@ -214,7 +246,7 @@ class Function:
             int(grid[0]),
             int(block[0]),
             int(shared_mem),
-            int(DESCENDING),
+            SCHEDULE,
             kinds.encode(),
             (ctypes.c_ulonglong * len(slots))(*slots),
             err,

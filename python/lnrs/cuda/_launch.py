@@ -9,7 +9,8 @@ from .. import _checks
 from . import _compile as C
 
 _NULL = np.uint64(0)  # a null pointer argument
-_SMEM_LIMIT = 200 * 1024  # dynamic shared memory a CTA may ask for (H100/H200 allow 227 KiB)
+_STATIC_SMEM = 2048  # the kernels' static shared memory (at most 1.5 KiB), rounded up
+_MAX_N = 2**30  # row length: the kernels index a row with 32-bit ints (2n of them in partials)
 
 
 def _require_device(x) -> int:
@@ -42,14 +43,26 @@ def _like(a, x, name: str) -> cupy.ndarray:
 
 
 def _dims(normalized_shape, x) -> tuple[int, ...]:
-    # The CPU path's check: it reads only x.shape and x.ndim.
-    return _checks.normalized_shape(normalized_shape, x)
+    # The CPU path's check (it reads only x.shape and x.ndim), and the kernels' row limit.
+    dims = _checks.normalized_shape(normalized_shape, x)
+    n = int(np.prod(dims))
+    if n >= _MAX_N:
+        raise ValueError(
+            f"normalized_shape: rows of at most {_MAX_N - 1} elements on the GPU, got {n}"
+        )
+    return dims
 
 
-def _param(p, name, dims, acc):
+def _on_device(a, name: str, dev: int) -> None:
+    if isinstance(a, cupy.ndarray) and a.device.id != dev:
+        raise ValueError(f"{name} must be on x's device {dev}, got device {a.device.id}")
+
+
+def _param(p, name, dims, acc, dev):
     """A weight or bias in the accumulation dtype (exact for half-type parameters)."""
     if p is None:
         return None
+    _on_device(p, name, dev)
     p = cupy.asarray(p)
     if p.shape != dims:
         raise ValueError(f"{name} must have shape {dims} (normalized_shape), got {p.shape}")
@@ -63,6 +76,7 @@ def _out(o, x, name):
         return cupy.empty(x.shape, x.dtype)
     if not isinstance(o, cupy.ndarray):
         raise TypeError(f"{name} must be a cupy.ndarray, got {type(o).__name__}")
+    _on_device(o, name, x.device.id)
     if o.shape != x.shape:
         raise ValueError(f"{name} must have shape {x.shape} (that of x), got {o.shape}")
     if o.dtype != x.dtype:
@@ -107,17 +121,27 @@ def _grid(rows: int, rows_per_cta_min: int, max_ctas: int) -> tuple[int, int]:
     return -(-rows // per), per
 
 
-def _allow_smem(kern, smem: int) -> None:
-    """Beyond 48 KiB of dynamic shared memory a function must be allowed it first."""
+def _smem(device_id: int) -> tuple[int, int]:
+    """(dynamic shared memory a CTA may opt into, beside the kernels' static shared memory;
+    shared memory per multiprocessor) of the device: 227/228 KiB on an H100 or H200, 163/164 on
+    an A100, 99/100 on sm_86/89/120, 64 on sm_75."""
+    a = cupy.cuda.Device(device_id).attributes
+    return a["MaxSharedMemoryPerBlockOptin"] - _STATIC_SMEM, a["MaxSharedMemoryPerMultiprocessor"]
+
+
+def _allow_smem(kern, smem: int, limit: int) -> None:
+    """Beyond 48 KiB of dynamic shared memory a function must be allowed it first. It is
+    allowed the device's whole limit, the same value whatever the call, so that host threads
+    launching it at once cannot lower it under one another."""
     if smem > 48 * 1024:
-        kern.max_dynamic_shared_size_bytes = smem
+        kern.max_dynamic_shared_size_bytes = limit
 
 
-def _row_cache(nbytes: int, kern) -> int:
+def _row_cache(nbytes: int, kern, limit: int) -> int:
     """Dynamic shared memory for a stream kernel's row cache: nbytes when it fits, else 0."""
-    if nbytes > _SMEM_LIMIT:
+    if nbytes > limit:
         return 0
-    _allow_smem(kern, nbytes)
+    _allow_smem(kern, nbytes, limit)
     return nbytes
 
 
@@ -135,8 +159,8 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
     _, V, acc = C.TYPES[dt]
     lead = x.shape[: x.ndim - len(dims)]
     with cupy.cuda.Device(dev):
-        w = _param(weight, "weight", dims, acc)
-        b = _param(bias, "bias", dims, acc)
+        w = _param(weight, "weight", dims, acc, dev)
+        b = _param(bias, "bias", dims, acc, dev)
         xc = cupy.ascontiguousarray(x)
         res = None if residual is None else _like(residual, x, "residual")
         y = _out(out, x, "out")
@@ -174,7 +198,7 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
             grid, per = _grid(rows, 1, sms * max(1, 2048 // threads))
         else:
             kern, threads = mod.get(C.fwd_stream_name(dt)), 1024
-            smem = _row_cache(n * x.dtype.itemsize, kern)
+            smem = _row_cache(n * x.dtype.itemsize, kern, _smem(dev)[0])
             grid, per = _grid(rows, 1, sms * 2)
             extra = (np.int32(smem > 0),)
         args = (xc, _ptr(res), _ptr(s), y, _ptr(w), _ptr(b), _ptr(mean), _ptr(rstd))
@@ -184,6 +208,7 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
 
 
 def _stat(a, name, lead, x, acc, producer):
+    _on_device(a, name, x.device.id)
     a = _array(a, name) if isinstance(a, cupy.ndarray) else cupy.asarray(a)
     if a.shape != lead or a.dtype != np.dtype(acc):
         raise ValueError(
@@ -208,7 +233,7 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
         dyc = _like(dy, x, "dy")
         m = None if rms else _stat(mean, "mean", lead, x, acc, producer)
         r = _stat(rstd, "rstd", lead, x, acc, producer)
-        w = _param(weight, "weight", dims, acc)
+        w = _param(weight, "weight", dims, acc, dev)
         dx = cupy.empty(x.shape, x.dtype)
         n = int(np.prod(dims))
         rows = int(np.prod(lead))
@@ -219,23 +244,24 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
         mod = C.get_module(dt, dev)
         sms = _sm_count(dev)
         acc_size = np.dtype(acc).itemsize
+        limit, per_sm_smem = _smem(dev)
         smem, extra = 2 * n * acc_size, ()
         if n <= 32 * C.BWD_WARP_E[-1]:
             e = next(e for e in C.BWD_WARP_E if 32 * e >= n)
             kern, threads = mod.get(C.bwd_name(dt, e, aligned, False)), 256
             grid, per = _grid(rows, threads // 32, sms * 8)
-        elif n <= C.MAX_THREADS * C.BWD_BLOCK_E[-1] and smem <= _SMEM_LIMIT:
+        elif n <= C.MAX_THREADS * C.BWD_BLOCK_E[-1] and smem <= limit:
             e = next(e for e in C.BWD_BLOCK_E if C.MAX_THREADS * e >= n)
             threads = _round32(-(-n // e))
             kern = mod.get(C.bwd_name(dt, e, aligned, True))
-            per_sm = max(1, min(2048 // threads, (228 * 1024) // (smem + 1024)))
+            per_sm = max(1, min(2048 // threads, per_sm_smem // (smem + _STATIC_SMEM + 1024)))
             grid, per = _grid(rows, 1, sms * per_sm)
         else:
             kern, threads = mod.get(C.bwd_stream_name(dt)), 1024
-            smem = _row_cache(2 * n * x.dtype.itemsize, kern)
+            smem = _row_cache(2 * n * x.dtype.itemsize, kern, limit)
             grid, per = _grid(rows, 1, sms * 2)
             extra = (np.int32(smem > 0),)
-        _allow_smem(kern, smem)
+        _allow_smem(kern, smem, limit)
         partial = cupy.empty((grid, 2 * n), acc)
         args = (dyc, xc, _ptr(m), r, _ptr(w), dx, partial, np.int64(rows), np.int32(n))
         args += (np.float64(0.0 if eps_v is None else eps_v), np.int32(rms))

@@ -78,7 +78,7 @@ template <typename T> struct Vec { enum { N = 16 / sizeof(T) }; };
 template <typename T> struct __align__(16) Pack { T v[Vec<T>::N]; };
 
 template <typename T, bool ALIGNED, typename A>
-__device__ __forceinline__ void load_group(const T* __restrict__ p, int count, A* out) {
+__device__ __forceinline__ void load_group(const T* p, int count, A* out) {
   constexpr int VEC = Vec<T>::N;
   if (ALIGNED) {
     Pack<T> k = *reinterpret_cast<const Pack<T>*>(p);
@@ -91,7 +91,7 @@ __device__ __forceinline__ void load_group(const T* __restrict__ p, int count, A
 }
 
 template <typename T, bool ALIGNED>
-__device__ __forceinline__ void store_pack(T* __restrict__ p, int count, const Pack<T>& k) {
+__device__ __forceinline__ void store_pack(T* p, int count, const Pack<T>& k) {
   if (ALIGNED) {
     *reinterpret_cast<Pack<T>*>(p) = k;
   } else {
@@ -102,7 +102,7 @@ __device__ __forceinline__ void store_pack(T* __restrict__ p, int count, const P
 }
 
 template <typename T, bool ALIGNED, typename A>
-__device__ __forceinline__ void store_group(T* __restrict__ p, int count, const A* in) {
+__device__ __forceinline__ void store_group(T* p, int count, const A* in) {
   Pack<T> k;
 #pragma unroll
   for (int e = 0; e < Vec<T>::N; ++e) k.v[e] = Tr<T>::store(in[e]);
@@ -233,9 +233,11 @@ __device__ __forceinline__ void group_sum2(A& a, A& b, A* sh, int parity) {
 // Forward, row in registers. BLOCK=false: a warp per row (rows <= 32*E); BLOCK=true: a CTA per row
 // (rows <= blockDim*E). ALIGNED: 16-byte vector loads and stores (see load_group).
 // res/sum_out non-null: s = x + res (rounded to T) is written to sum_out and normalised.
+// y may be x and sum_out may be res (in place: each element is read before it is written, by the
+// thread that writes it), so these four pointers are not __restrict__.
 template <typename T, int E, bool ALIGNED, bool BLOCK>
 __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_fwd(
-    const T* __restrict__ x, const T* __restrict__ res, T* __restrict__ sum_out, T* __restrict__ y,
+    const T* x, const T* res, T* sum_out, T* y,
     const typename Tr<T>::A* __restrict__ w, const typename Tr<T>::A* __restrict__ b,
     typename Tr<T>::A* __restrict__ mean_out, typename Tr<T>::A* __restrict__ rstd_out,
     long long rows, int n, double eps_d, int rms, long long rows_per_cta) {
@@ -306,7 +308,7 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_fwd(
 // every pass, so the row buffer needs no barrier.
 template <typename T>
 __global__ void __launch_bounds__(1024) lnrs_fwd_stream(
-    const T* __restrict__ x, const T* __restrict__ res, T* sum_out, T* __restrict__ y,
+    const T* x, const T* res, T* sum_out, T* y,
     const typename Tr<T>::A* __restrict__ w, const typename Tr<T>::A* __restrict__ b,
     typename Tr<T>::A* __restrict__ mean_out, typename Tr<T>::A* __restrict__ rstd_out,
     long long rows, int n, double eps_d, int rms, long long rows_per_cta, int cached) {
