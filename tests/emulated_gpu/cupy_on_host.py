@@ -198,6 +198,9 @@ class Device:
             "MultiProcessorCount": SM_COUNT,
             "MaxSharedMemoryPerBlockOptin": SMEM_OPTIN,
             "MaxSharedMemoryPerMultiprocessor": SMEM_OPTIN + 1024,
+            "MaxThreadsPerMultiProcessor": 2048,
+            "MaxRegistersPerMultiprocessor": 65536,
+            "MaxBlocksPerMultiprocessor": 32,
         }
 
     def __enter__(self):
@@ -212,6 +215,11 @@ def _get_device_count() -> int:
 
 
 class Function:
+    # What a real function reports after compilation; fixed values here (the launch
+    # configuration reads them, the emulator runs whatever it is given).
+    num_regs = 64
+    shared_size_bytes = 1536
+
     def __init__(self, name: str):
         self.name = name
         self._max_dynamic_smem = 0

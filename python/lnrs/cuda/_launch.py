@@ -110,8 +110,19 @@ def _aligned(*arrays) -> bool:
     return all(a is None or a.data.ptr % 16 == 0 for a in arrays)
 
 
-def _sm_count(device_id: int) -> int:
-    return cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
+def _resident_ctas(kern, threads: int, smem: int, device_id: int) -> int:
+    """CTAs the whole device holds at once (the persistent grid's size): per multiprocessor,
+    the fewest that its threads, registers (allocated per warp in units of 256), shared memory
+    (1 KiB of it reserved per CTA) and CTA slots allow; at least one."""
+    a = cupy.cuda.Device(device_id).attributes
+    warp_regs = -(-kern.num_regs * 32 // 256) * 256
+    per_sm = min(
+        a["MaxThreadsPerMultiProcessor"] // threads,
+        a.get("MaxRegistersPerMultiprocessor", 65536) // (warp_regs * (threads // 32)),
+        a["MaxSharedMemoryPerMultiprocessor"] // (smem + kern.shared_size_bytes + 1024),
+        a.get("MaxBlocksPerMultiprocessor", 16),
+    )
+    return a["MultiProcessorCount"] * max(1, per_sm)
 
 
 def _grid(rows: int, rows_per_cta_min: int, max_ctas: int) -> tuple[int, int]:
@@ -121,12 +132,10 @@ def _grid(rows: int, rows_per_cta_min: int, max_ctas: int) -> tuple[int, int]:
     return -(-rows // per), per
 
 
-def _smem(device_id: int) -> tuple[int, int]:
-    """(dynamic shared memory a CTA may opt into, beside the kernels' static shared memory;
-    shared memory per multiprocessor) of the device: 227/228 KiB on an H100 or H200, 163/164 on
-    an A100, 99/100 on sm_86/89/120, 64 on sm_75."""
-    a = cupy.cuda.Device(device_id).attributes
-    return a["MaxSharedMemoryPerBlockOptin"] - _STATIC_SMEM, a["MaxSharedMemoryPerMultiprocessor"]
+def _smem(device_id: int) -> int:
+    """Dynamic shared memory a CTA may opt into on the device, beside the kernels' static
+    shared memory: 227 KiB less 2 on an H100 or H200, 163 on an A100, 99 on sm_86/89/120."""
+    return cupy.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"] - _STATIC_SMEM
 
 
 def _allow_smem(kern, smem: int, limit: int) -> None:
@@ -186,21 +195,19 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
             return y, mean, rstd, s
         aligned = n % V == 0 and _aligned(xc, res, y, s)
         mod = C.get_module(dt, dev)
-        sms = _sm_count(dev)
-        smem, extra = 0, ()
+        smem, extra, rows_min = 0, (), 1
         if n <= 32 * C.FWD_WARP_E[-1]:
             e = next(e for e in C.FWD_WARP_E if 32 * e >= n)
             kern, threads = mod.get(C.fwd_name(dt, e, aligned, False)), 256
-            grid, per = _grid(rows, threads // 32, sms * 8)
+            rows_min = threads // 32  # a row per warp
         elif n <= C.MAX_THREADS * C.BLOCK_E:
             threads = _round32(-(-n // C.BLOCK_E))
             kern = mod.get(C.fwd_name(dt, C.BLOCK_E, aligned, True))
-            grid, per = _grid(rows, 1, sms * max(1, 2048 // threads))
         else:
             kern, threads = mod.get(C.fwd_stream_name(dt)), 1024
-            smem = _row_cache(n * x.dtype.itemsize, kern, _smem(dev)[0])
-            grid, per = _grid(rows, 1, sms * 2)
+            smem = _row_cache(n * x.dtype.itemsize, kern, _smem(dev))
             extra = (np.int32(smem > 0),)
+        grid, per = _grid(rows, rows_min, _resident_ctas(kern, threads, smem, dev))
         args = (xc, _ptr(res), _ptr(s), y, _ptr(w), _ptr(b), _ptr(mean), _ptr(rstd))
         args += (np.int64(rows), np.int32(n), np.float64(eps), np.int32(rms), np.int64(per))
         kern((grid,), (threads,), args + extra, shared_mem=smem)
@@ -242,26 +249,22 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
             return dx, dw, None if rms else cupy.zeros(dims, acc)
         aligned = n % V == 0 and _aligned(xc, dyc, dx)
         mod = C.get_module(dt, dev)
-        sms = _sm_count(dev)
-        acc_size = np.dtype(acc).itemsize
-        limit, per_sm_smem = _smem(dev)
-        smem, extra = 2 * n * acc_size, ()
+        limit = _smem(dev)
+        smem, extra, rows_min = 2 * n * np.dtype(acc).itemsize, (), 1  # dweight, dbias sums
         if n <= 32 * C.BWD_WARP_E[-1]:
             e = next(e for e in C.BWD_WARP_E if 32 * e >= n)
             kern, threads = mod.get(C.bwd_name(dt, e, aligned, False)), 256
-            grid, per = _grid(rows, threads // 32, sms * 8)
+            rows_min = threads // 32  # a row per warp
         elif n <= C.MAX_THREADS * C.BWD_BLOCK_E[-1] and smem <= limit:
             e = next(e for e in C.BWD_BLOCK_E if C.MAX_THREADS * e >= n)
             threads = _round32(-(-n // e))
             kern = mod.get(C.bwd_name(dt, e, aligned, True))
-            per_sm = max(1, min(2048 // threads, per_sm_smem // (smem + _STATIC_SMEM + 1024)))
-            grid, per = _grid(rows, 1, sms * per_sm)
         else:
             kern, threads = mod.get(C.bwd_stream_name(dt)), 1024
             smem = _row_cache(2 * n * x.dtype.itemsize, kern, limit)
-            grid, per = _grid(rows, 1, sms * 2)
             extra = (np.int32(smem > 0),)
         _allow_smem(kern, smem, limit)
+        grid, per = _grid(rows, rows_min, _resident_ctas(kern, threads, smem, dev))
         partial = cupy.empty((grid, 2 * n), acc)
         args = (dyc, xc, _ptr(m), r, _ptr(w), dx, partial, np.int64(rows), np.int32(n))
         args += (np.float64(0.0 if eps_v is None else eps_v), np.int32(rms))
