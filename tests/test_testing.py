@@ -11,6 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from certificate import certify
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lnrs import testing
@@ -18,58 +19,7 @@ from lnrs import testing
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
-# --------------------------------------------------------------------------------------
-# An independent certificate of correct rounding
-# --------------------------------------------------------------------------------------
-# Every exact value the reference rounds has the form  k·r + b  with k, b rational and
-# r = 1/sqrt(V) for a rational V > 0 (or r = 1). Its position relative to a rational m
-# is decided by comparing squares, in exact rationals: no square root, no precision.
-
-
-def sign_vs(k: Fraction, b: Fraction, inv_v: Fraction | None, m: Fraction) -> int:
-    """sign(k·r + b - m) with r = sqrt(inv_v) (r = 1 when inv_v is None)."""
-    t = m - b
-    if inv_v is None:
-        v = k - t
-        return (v > 0) - (v < 0)
-    if k == 0:
-        return (-t > 0) - (-t < 0)
-    k2r2, t2 = k * k * inv_v, t * t
-    if k > 0:
-        if t <= 0:
-            return 1
-        return (k2r2 > t2) - (k2r2 < t2)
-    if t >= 0:
-        return -1
-    return -((k2r2 > t2) - (k2r2 < t2))
-
-
-def certify(value, dtype, k, b=Fraction(0), inv_v=None) -> None:
-    """Assert that `value` (a float of `dtype`) is k·r + b correctly rounded."""
-    value = np.asarray(value, dtype=dtype)[()]
-    fmax = Fraction(float(np.finfo(dtype).max))
-    # Past max + half its spacing (a tie, broken towards the even 2**emax+1): inf.
-    top = np.finfo(dtype).max
-    overflow = fmax + (fmax - Fraction(float(np.nextafter(top, dtype.type(0))))) / 2
-    if np.isinf(value):
-        edge = overflow if value > 0 else -overflow
-        side = sign_vs(k, b, inv_v, edge)
-        assert side == 0 or side == (1 if value > 0 else -1), f"{value!r} should be finite"
-        return
-    assert np.isfinite(value), value
-    v = Fraction(float(value))
-
-    def neighbour(direction):
-        nb = np.nextafter(value, dtype.type(direction))
-        return Fraction(float(nb)) if np.isfinite(nb) else None
-
-    below, above = neighbour(-np.inf), neighbour(np.inf)
-    lo = (v + below) / 2 if below is not None else -overflow
-    hi = (v + above) / 2 if above is not None else overflow
-    s_lo, s_hi = sign_vs(k, b, inv_v, lo), sign_vs(k, b, inv_v, hi)
-    even = int(value.view(np.int32 if dtype == F32 else np.int64)) % 2 == 0
-    assert s_lo > 0 or (s_lo == 0 and even), f"{value!r} is above the exact value's rounding"
-    assert s_hi < 0 or (s_hi == 0 and even), f"{value!r} is below the exact value's rounding"
+# Correct rounding is certified by tests/certificate.py.
 
 
 def exact_row(x, eps):
