@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import lnrs
 import numpy as np
 import pytest
+import workers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import (
@@ -771,18 +769,9 @@ def test_property_bitwise_against_unfused(kind, dtype, lead, dims, affine, in_pl
 
 # ======================================================= thread counts
 
-WORKER = r"""
-import hashlib, json, sys
-import numpy as np
-import lnrs
-
-def digest(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
+WORKER = (
+    workers.PRELUDE
+    + r"""
 cases = [
     ("f32-512x1024", np.float32, (512, 1024), 100.0),
     ("f64-300x1000", np.float64, (300, 1000), 1e4),
@@ -811,20 +800,13 @@ for seed, (name, dtype, shape, offset) in enumerate(cases, start=2000):
     result["cases"][name] = [digest(y, s), digest(yr, sr)]
 json.dump(result, sys.stdout)
 """
+)
 
 
 def test_bitwise_identical_across_thread_counts():
     reports = {}
     for n in (1, 2, 3):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LNRS_")}
-        env["LNRS_NUM_THREADS"] = str(n)
-        proc = subprocess.run(
-            [sys.executable, "-c", WORKER],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = workers.python("-c", WORKER, timeout=120, LNRS_NUM_THREADS=n)
         assert proc.returncode == 0, proc.stderr
         reports[n] = json.loads(proc.stdout)
         assert reports[n]["threads"] == n, "LNRS_NUM_THREADS was not applied"

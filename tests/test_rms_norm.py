@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import lnrs
 import numpy as np
 import pytest
+import workers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lnrs import _lnrs
@@ -662,18 +660,9 @@ def test_backward_huge_and_tiny_rows(rng):
 
 # ============================================ determinism across threads and SIMD
 
-WORKER = r"""
-import hashlib, json, sys
-import numpy as np
-import lnrs
-
-def digest(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
+WORKER = (
+    workers.PRELUDE
+    + r"""
 cases = [
     ("f32-1024x768", np.float32, (1024, 768)),
     ("f64-300x1000", np.float64, (300, 1000)),
@@ -703,24 +692,13 @@ for seed, (name, dtype, shape) in enumerate(cases, start=3000):
         np.savez(sys.argv[1], y=y, rstd=rstd, dx=dx, dw=dw)
 json.dump(result, sys.stdout)
 """
-
-
-def _env(**settings):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LNRS_")}
-    env.update({k: str(v) for k, v in settings.items()})
-    return env
+)
 
 
 def _run_worker(tmp_path, **settings):
     tag = "-".join(f"{k}={v}" for k, v in settings.items()) or "default"
     npz = tmp_path / f"rms-{tag}.npz"
-    proc = subprocess.run(
-        [sys.executable, "-c", WORKER, str(npz)],
-        env=_env(**settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = workers.python("-c", WORKER, str(npz), timeout=120, **settings)
     assert proc.returncode == 0, proc.stderr
     with np.load(npz) as f:
         arrays = {k: f[k] for k in ("y", "rstd", "dx", "dw")}

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import lnrs
 import numpy as np
 import pytest
+import workers
 from lnrs import _lnrs
 from reference import max_ulp, reference_layer_norm, same_bits
 
@@ -24,18 +23,9 @@ SUPPORTED = list(_lnrs.supported_simd_levels())
 
 # Each case is big enough to be split over threads (see parallel.rs: more than
 # 2**14 elements), including a few long rows (rows < threads) and one single row.
-WORKER = r"""
-import hashlib, json, sys
-import numpy as np
-import lnrs
-
-def digest(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
+WORKER = (
+    workers.PRELUDE
+    + r"""
 cases = [
     ("f32-512x1024", np.float32, (512, 1024), 100.0),
     ("f64-300x1000", np.float64, (300, 1000), 1e4),
@@ -59,24 +49,13 @@ for seed, (name, dtype, shape, offset) in enumerate(cases, start=1000):
         np.save(sys.argv[1], y)
 json.dump(result, sys.stdout)
 """
-
-
-def _env(**settings):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LNRS_")}
-    env.update({k: str(v) for k, v in settings.items()})
-    return env
+)
 
 
 def _run_worker(tmp_path, **settings):
     tag = "-".join(f"{k}={v}" for k, v in settings.items()) or "default"
     npy = tmp_path / f"y-{tag}.npy"
-    proc = subprocess.run(
-        [sys.executable, "-c", WORKER, str(npy)],
-        env=_env(**settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = workers.python("-c", WORKER, str(npy), timeout=120, **settings)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), np.load(npy)
 
@@ -84,21 +63,11 @@ def _run_worker(tmp_path, **settings):
 @pytest.fixture(scope="module")
 def default_threads():
     """The thread count a fresh process starts with (the cores it may use)."""
-    proc = _python("import lnrs; print(lnrs.get_num_threads())")
+    proc = workers.python("-c", "import lnrs; print(lnrs.get_num_threads())")
     assert proc.returncode == 0, proc.stderr
     n = int(proc.stdout)
     assert 1 <= n <= (os.cpu_count() or n)
     return n
-
-
-def _python(code, **settings):
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env=_env(**settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # ------------------------------------------------------------- determinism
@@ -179,7 +148,7 @@ def test_concurrent_python_threads_get_the_same_bits(rng):
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", "2 threads", "99999999999999999999999"])
 def test_invalid_num_threads_env_fails_import(value):
-    proc = _python("import lnrs", LNRS_NUM_THREADS=value)
+    proc = workers.python("-c", "import lnrs", LNRS_NUM_THREADS=value)
     assert proc.returncode != 0
     assert "ValueError" in proc.stderr, proc.stderr
     assert "LNRS_NUM_THREADS" in proc.stderr.strip().splitlines()[-1], proc.stderr
@@ -191,7 +160,7 @@ def _unsupported_levels():
 
 @pytest.mark.parametrize("value", ["foo", "avx1024", "sse2", "fastest"] + _unsupported_levels())
 def test_invalid_simd_env_fails_import(value):
-    proc = _python("import lnrs", LNRS_SIMD=value)
+    proc = workers.python("-c", "import lnrs", LNRS_SIMD=value)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ValueError"), proc.stderr
@@ -211,7 +180,7 @@ def test_invalid_simd_env_fails_import(value):
 )
 def test_valid_env_forms(settings, expected, default_threads):
     code = "import json, lnrs; print(json.dumps([lnrs.get_num_threads(), lnrs.simd_level()]))"
-    proc = _python(code, **settings)
+    proc = workers.python("-c", code, **settings)
     assert proc.returncode == 0, proc.stderr
     threads, simd = json.loads(proc.stdout)
     assert threads == expected.get("threads", default_threads)
@@ -219,7 +188,7 @@ def test_valid_env_forms(settings, expected, default_threads):
 
 
 def test_default_simd_level_is_the_best_supported():
-    proc = _python("import lnrs; print(lnrs.simd_level())")
+    proc = workers.python("-c", "import lnrs; print(lnrs.simd_level())")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == SUPPORTED[-1]
     assert "scalar" in SUPPORTED
@@ -254,13 +223,7 @@ def test_simd_level_is_a_supported_name():
 
 
 def test_cli_info_default(default_threads):
-    proc = subprocess.run(
-        [sys.executable, "-m", "lnrs", "info"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = workers.python("-m", "lnrs", "info")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert re.search(rf"^simd level\s+{re.escape(SUPPORTED[-1])}\s*$", out, re.M), out
@@ -269,21 +232,13 @@ def test_cli_info_default(default_threads):
 
 
 def test_cli_info_reflects_environment():
-    proc = subprocess.run(
-        [sys.executable, "-m", "lnrs", "info"],
-        env=_env(LNRS_NUM_THREADS=3, LNRS_SIMD="scalar"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = workers.python("-m", "lnrs", "info", LNRS_NUM_THREADS=3, LNRS_SIMD="scalar")
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^simd level\s+scalar\s*$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^threads\s+3\s*$", proc.stdout, re.M), proc.stdout
 
 
 def test_cli_without_command_fails_cleanly():
-    proc = subprocess.run(
-        [sys.executable, "-m", "lnrs"], env=_env(), capture_output=True, text=True, timeout=60
-    )
+    proc = workers.python("-m", "lnrs")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
