@@ -156,15 +156,26 @@ def parameter(p, name: str, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarra
     return c_aligned(p.astype(dtype, copy=False))
 
 
+def matches_x(a, x, name: str) -> None:
+    """Raises unless `a` has x's shape and dtype (NumPy or CuPy arrays)."""
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {a.shape}")
+    if a.dtype != x.dtype:
+        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {a.dtype}")
+
+
+def output_for(o, x, name: str) -> None:
+    """Raises unless the output `o` has x's shape and dtype and is C-contiguous (NumPy or
+    CuPy arrays)."""
+    matches_x(o, x, name)
+    if not o.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
 def out_array(out, x: np.ndarray, name: str = "out") -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {out.shape}")
-    if out.dtype != x.dtype:
-        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {out.dtype}")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+    output_for(out, x, name)
     if not out.flags.aligned:
         raise ValueError(f"{name} must be aligned to its dtype")
     if not out.flags.writeable:
@@ -172,25 +183,26 @@ def out_array(out, x: np.ndarray, name: str = "out") -> np.ndarray:
     return out
 
 
-def apart(a: np.ndarray, outputs, in_place: np.ndarray | None = None) -> np.ndarray:
+def _host_address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def apart(a, outputs, in_place=None, *, overlap=np.may_share_memory, address=_host_address):
     """`a` as a kernel may read it while it writes `outputs` (C-contiguous
     arrays, None skipped): `a` itself when no output overlaps it; the output
     `in_place` when `a` is exactly its elements (the kernels read each chunk
-    before writing it); else a copy."""
+    before writing it); else a copy. `overlap` and `address` (where an array's
+    data starts) are NumPy's by default; lnrs.cuda passes CuPy's."""
     for o in outputs:
-        if o is not None and np.may_share_memory(a, o):
-            same = a.__array_interface__["data"][0] == o.__array_interface__["data"][0]
-            return o if o is in_place and same else a.copy()
+        if o is not None and overlap(a, o):
+            return o if o is in_place and address(a) == address(o) else a.copy()
     return a
 
 
 def like_x(a, x: np.ndarray, name: str) -> np.ndarray:
     """An input that must match `x` in shape and dtype (as `dy` does), C-contiguous."""
     a = float_array(a, name)
-    if a.shape != x.shape:
-        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {a.shape}")
-    if a.dtype != x.dtype:
-        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {a.dtype}")
+    matches_x(a, x, name)
     return c_aligned(a)
 
 
@@ -204,12 +216,18 @@ def row_stat(
             a = np.asarray(a)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name} must be an array as {producer} returns: {e}") from None
+    stat_matches(a, name, lead, dtype, x, producer)
+    return c_aligned(a)
+
+
+def stat_matches(a, name: str, lead, dtype, x, producer: str) -> None:
+    """Raises unless the per-row statistic `a` has shape `lead` and dtype `dtype`, as
+    `producer` returns them for `x` (NumPy or CuPy arrays)."""
     if a.shape != lead or a.dtype != dtype:
         raise ValueError(
             f"{name} must have shape {lead} and dtype {dtype}, as {producer} returns "
             f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
         )
-    return c_aligned(a)
 
 
 def cuda_backend(x):

@@ -251,9 +251,13 @@ class Module:
     def __init__(self, raw_module, lowered: dict[str, str]):
         self._raw = raw_module
         self._lowered = lowered
+        self._functions: dict = {}
 
     def get(self, name: str):
-        return self._raw.get_function(self._lowered[name])
+        f = self._functions.get(name)
+        if f is None:  # a race makes two equal functions, and one is kept
+            f = self._functions.setdefault(name, self._raw.get_function(self._lowered[name]))
+        return f
 
 
 def get_module(dtype: str, device_id: int) -> Module:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import cupy
 import numpy as np
 
@@ -33,12 +35,8 @@ def _array(x, name: str) -> cupy.ndarray:
 
 def _like(a, x, name: str) -> cupy.ndarray:
     a = _array(a, name)
-    if a.shape != x.shape:
-        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {a.shape}")
-    if a.dtype != x.dtype:
-        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {a.dtype}")
-    if a.device.id != x.device.id:
-        raise ValueError(f"{name} must be on x's device {x.device.id}, got {a.device.id}")
+    _checks.matches_x(a, x, name)
+    _on_device(a, name, x.device.id)
     return cupy.ascontiguousarray(a)
 
 
@@ -77,12 +75,7 @@ def _out(o, x, name):
     if not isinstance(o, cupy.ndarray):
         raise TypeError(f"{name} must be a cupy.ndarray, got {type(o).__name__}")
     _on_device(o, name, x.device.id)
-    if o.shape != x.shape:
-        raise ValueError(f"{name} must have shape {x.shape} (that of x), got {o.shape}")
-    if o.dtype != x.dtype:
-        raise ValueError(f"{name} must have dtype {x.dtype} (that of x), got {o.dtype}")
-    if not o.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+    _checks.output_for(o, x, name)
     return o
 
 
@@ -94,12 +87,10 @@ def _overlap(a, b) -> bool:
 
 
 def _apart(a, outputs, in_place=None):
-    """`a`, or a copy of it when it overlaps an output other than exactly `in_place`."""
-    for o in outputs:
-        if _overlap(a, o):
-            same = o is in_place and a.data.ptr == o.data.ptr and a.nbytes == o.nbytes
-            return a if same else a.copy()
-    return a
+    """The CPU path's rule (_checks.apart) for a device array or None."""
+    if a is None:
+        return None
+    return _checks.apart(a, outputs, in_place, overlap=_overlap, address=lambda a: a.data.ptr)
 
 
 def _ptr(a):
@@ -110,11 +101,18 @@ def _aligned(*arrays) -> bool:
     return all(a is None or a.data.ptr % 16 == 0 for a in arrays)
 
 
+@functools.cache
+def _attributes(device_id: int) -> dict:
+    """The device's attributes, read once (CuPy queries every one of them on each access)."""
+    return dict(cupy.cuda.Device(device_id).attributes)
+
+
+@functools.lru_cache(maxsize=1024)
 def _resident_ctas(kern, threads: int, smem: int, device_id: int) -> int:
     """CTAs the whole device holds at once (the persistent grid's size): per multiprocessor,
     the fewest that its threads, registers (allocated per warp in units of 256), shared memory
     (1 KiB of it reserved per CTA) and CTA slots allow; at least one."""
-    a = cupy.cuda.Device(device_id).attributes
+    a = _attributes(device_id)
     warp_regs = -(-kern.num_regs * 32 // 256) * 256
     per_sm = min(
         a["MaxThreadsPerMultiProcessor"] // threads,
@@ -135,7 +133,7 @@ def _grid(rows: int, rows_per_cta_min: int, max_ctas: int) -> tuple[int, int]:
 def _smem(device_id: int) -> int:
     """Dynamic shared memory a CTA may opt into on the device, beside the kernels' static
     shared memory: 227 KiB less 2 on an H100 or H200, 163 on an A100, 99 on sm_86/89/120."""
-    return cupy.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"] - _STATIC_SMEM
+    return _attributes(device_id)["MaxSharedMemoryPerBlockOptin"] - _STATIC_SMEM
 
 
 def _allow_smem(kern, smem: int, limit: int) -> None:
@@ -146,12 +144,9 @@ def _allow_smem(kern, smem: int, limit: int) -> None:
         kern.max_dynamic_shared_size_bytes = limit
 
 
-def _row_cache(nbytes: int, kern, limit: int) -> int:
+def _row_cache(nbytes: int, limit: int) -> int:
     """Dynamic shared memory for a stream kernel's row cache: nbytes when it fits, else 0."""
-    if nbytes > limit:
-        return 0
-    _allow_smem(kern, nbytes, limit)
-    return nbytes
+    return nbytes if nbytes <= limit else 0
 
 
 def _round32(k: int) -> int:
@@ -195,6 +190,7 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
             return y, mean, rstd, s
         aligned = n % V == 0 and _aligned(xc, res, y, s)
         mod = C.get_module(dt, dev)
+        limit = _smem(dev)
         smem, extra, rows_min = 0, (), 1
         if n <= 32 * C.FWD_WARP_E[-1]:
             e = next(e for e in C.FWD_WARP_E if 32 * e >= n)
@@ -205,8 +201,9 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
             kern = mod.get(C.fwd_name(dt, C.BLOCK_E, aligned, True))
         else:
             kern, threads = mod.get(C.fwd_stream_name(dt)), 1024
-            smem = _row_cache(n * x.dtype.itemsize, kern, _smem(dev))
+            smem = _row_cache(n * x.dtype.itemsize, limit)
             extra = (np.int32(smem > 0),)
+        _allow_smem(kern, smem, limit)
         grid, per = _grid(rows, rows_min, _resident_ctas(kern, threads, smem, dev))
         args = (xc, _ptr(res), _ptr(s), y, _ptr(w), _ptr(b), _ptr(mean), _ptr(rstd))
         args += (np.int64(rows), np.int32(n), np.float64(eps), np.int32(rms), np.int64(per))
@@ -217,11 +214,7 @@ def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, *, r
 def _stat(a, name, lead, x, acc, producer):
     _on_device(a, name, x.device.id)
     a = _array(a, name) if isinstance(a, cupy.ndarray) else cupy.asarray(a)
-    if a.shape != lead or a.dtype != np.dtype(acc):
-        raise ValueError(
-            f"{name} must have shape {lead} and dtype {acc}, as {producer} returns "
-            f"for x of shape {x.shape} and dtype {x.dtype}; got shape {a.shape} and dtype {a.dtype}"
-        )
+    _checks.stat_matches(a, name, lead, np.dtype(acc), x, producer)
     return cupy.ascontiguousarray(a)
 
 
@@ -261,7 +254,7 @@ def backward(dy, x, mean, rstd, normalized_shape, weight, eps, *, rms):
             kern = mod.get(C.bwd_name(dt, e, aligned, True))
         else:
             kern, threads = mod.get(C.bwd_stream_name(dt)), 1024
-            smem = _row_cache(2 * n * x.dtype.itemsize, kern, limit)
+            smem = _row_cache(2 * n * x.dtype.itemsize, limit)
             extra = (np.int32(smem > 0),)
         _allow_smem(kern, smem, limit)
         grid, per = _grid(rows, rows_min, _resident_ctas(kern, threads, smem, dev))
