@@ -227,6 +227,23 @@ __device__ __forceinline__ void group_sum2(A& a, A& b, A* sh, int parity) {
   }
 }
 
+// The rows one thread works on, and its place in the group that holds a row: the CTA owns rows
+// [first CTA row, end) of the grid; BLOCK: the CTA is the group, one row after another; else
+// each warp is a group, the CTA's warps taking the rows in turn.
+template <bool BLOCK>
+struct Rows {
+  int g_id, g_size;  // thread index within the group, threads per row
+  long long first, end, step;
+  __device__ __forceinline__ Rows(long long rows, long long rows_per_cta) {
+    const long long r0 = (long long)blockIdx.x * rows_per_cta;
+    g_id = BLOCK ? threadIdx.x : threadIdx.x & 31;
+    g_size = BLOCK ? blockDim.x : 32;
+    first = r0 + (BLOCK ? 0 : threadIdx.x >> 5);
+    end = min(rows, r0 + rows_per_cta);
+    step = BLOCK ? 1 : blockDim.x >> 5;
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Launch bounds: a CTA kernel may run 1024 threads (64 registers each); the warp kernels run 256,
 // which leaves them the registers that a row of up to 64 elements per thread needs.
@@ -245,14 +262,10 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_fwd(
   constexpr int VEC = Vec<T>::N, K = E / VEC;
   __shared__ A sh[2 * 96];
   const A eps = A(eps_d);
-  const int lane = threadIdx.x & 31;
-  const int g_id = BLOCK ? threadIdx.x : lane;                // thread index within the group
-  const int g_size = BLOCK ? blockDim.x : 32;                 // threads per row
-  const int r_step = BLOCK ? 1 : (blockDim.x >> 5);           // rows in flight per CTA
-  const long long r0 = (long long)blockIdx.x * rows_per_cta;
-  const long long r1 = min(rows, r0 + rows_per_cta);
+  const Rows<BLOCK> my(rows, rows_per_cta);
+  const int g_id = my.g_id, g_size = my.g_size;
   int parity = 0;
-  for (long long row = r0 + (BLOCK ? 0 : (threadIdx.x >> 5)); row < r1; row += r_step) {
+  for (long long row = my.first; row < my.end; row += my.step) {
     A v[E];
     bool valid[E];
     const long long base = row * (long long)n;
@@ -317,10 +330,9 @@ __global__ void __launch_bounds__(1024) lnrs_fwd_stream(
   T* keep = cached ? reinterpret_cast<T*>(dyn_smem) : nullptr;
   __shared__ A sh[2 * 96];
   const A eps = A(eps_d);
-  const long long r0 = (long long)blockIdx.x * rows_per_cta;
-  const long long r1 = min(rows, r0 + rows_per_cta);
+  const Rows<true> my(rows, rows_per_cta);
   int parity = 0;
-  for (long long row = r0; row < r1; ++row) {
+  for (long long row = my.first; row < my.end; ++row) {
     const long long base = row * (long long)n;
     // With a residual, the rounded sum is written once and read back by the same thread.
     const T* src = keep ? keep : (res ? (const T*)sum_out : x) + base;
@@ -381,11 +393,8 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
   __shared__ A sh[2 * 96];
   const A eps = A(eps_d);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g_id = BLOCK ? threadIdx.x : lane;
-  const int g_size = BLOCK ? blockDim.x : 32;
-  const int r_step = BLOCK ? 1 : (blockDim.x >> 5);
-  const long long r0 = (long long)blockIdx.x * rows_per_cta;
-  const long long r1 = min(rows, r0 + rows_per_cta);
+  const Rows<BLOCK> my(rows, rows_per_cta);
+  const int g_id = my.g_id, g_size = my.g_size;
   A dw[BLOCK ? 1 : E], db[BLOCK ? 1 : E];
   if (BLOCK) {
     for (int j = 0; j < K; ++j) {
@@ -398,7 +407,7 @@ __global__ void __launch_bounds__(BLOCK ? 1024 : 256) lnrs_bwd(
     for (int j = 0; j < E; ++j) dw[j] = db[j] = 0;
   }
   int parity = 0;
-  for (long long row = r0 + (BLOCK ? 0 : warp); row < r1; row += r_step) {
+  for (long long row = my.first; row < my.end; row += my.step) {
     A v[E], g[E];
     bool valid[E];
     const long long base = row * (long long)n;
@@ -512,12 +521,11 @@ __global__ void __launch_bounds__(1024) lnrs_bwd_stream(
   T* keep_dy = cached ? keep_x + n : nullptr;
   __shared__ A sh[2 * 96];
   const A eps = A(eps_d);
-  const long long r0 = (long long)blockIdx.x * rows_per_cta;
-  const long long r1 = min(rows, r0 + rows_per_cta);
+  const Rows<true> my(rows, rows_per_cta);
   A* out = partial + (long long)blockIdx.x * 2 * n;
   for (int c = threadIdx.x; c < n; c += blockDim.x) out[c] = out[n + c] = 0;
   int parity = 0;
-  for (long long row = r0; row < r1; ++row) {
+  for (long long row = my.first; row < my.end; ++row) {
     const T* gx = x + row * (long long)n;
     const T* gdy = dy + row * (long long)n;
     const T* sx = keep_x ? keep_x : gx;  // where x is read once the first pass kept it
