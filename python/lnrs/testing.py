@@ -1161,26 +1161,21 @@ def adversarial_inputs(dtype=np.float32, seed: int = 0, *, quick: bool = False) 
 
     for c in m.offsets:
         add(f"offset_{_power_tag(c)}", c + normal(rows, cols), cols, description=f"{c:g} + N(0,1)")
+    # (name suffix, dtype of weight and bias, what the description says of them)
+    affine_kinds = [("", params, f"weight N(1, 0.5²) and bias N(0,1) in {params.name}")]
+    if half:
+        affine_kinds.append(("_half", dt, f"weight and bias in {dt.name}"))
     for c in m.affine:
-        add(
-            f"offset_{_power_tag(c)}_affine",
-            c + normal(rows, cols),
-            cols,
-            1 + 0.5 * normal(cols),
-            normal(cols),
-            description=f"{c:g} + N(0,1), weight N(1, 0.5²) and bias N(0,1) in {params.name}",
-            tags={"affine"},
-        )
-        if half:
+        for suffix, wdt, said in affine_kinds:
             add(
-                f"offset_{_power_tag(c)}_affine_half",
+                f"offset_{_power_tag(c)}_affine{suffix}",
                 c + normal(rows, cols),
                 cols,
                 1 + 0.5 * normal(cols),
                 normal(cols),
-                description=f"{c:g} + N(0,1), weight and bias in {dt.name}",
+                description=f"{c:g} + N(0,1), {said}",
                 tags={"affine"},
-                wdt=dt,
+                wdt=wdt,
             )
 
     # c + i·δ: a spread of a few ulps of c, far below sqrt(eps) and far below c
