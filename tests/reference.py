@@ -230,3 +230,23 @@ def reference_rms_norm_backward(dy, x, normalized_shape, weight=None, eps: float
         "dweight": np.abs(dyr * xhat).sum(axis=0, dtype=wide).reshape(dims),
     }
     return dx.reshape(x.shape), dweight.reshape(dims), scales
+
+
+def central_differences(f, a, rel=1e-6):
+    """Central differences of scalar f with respect to every element of a (steps of rel
+    times the element's magnitude, at least rel)."""
+    grad = np.empty(a.shape)
+    for i in range(a.size):
+        h = rel * max(1.0, abs(a.flat[i]))
+        up, down = a.copy(), a.copy()
+        up.flat[i] += h
+        down.flat[i] -= h
+        grad.flat[i] = (f(up) - f(down)) / (up.flat[i] - down.flat[i])
+    return grad
+
+
+def assert_close_fd(got, fd, what):
+    """A float64 gradient against central differences of a loss summed exactly."""
+    # FD noise: ~1e-16·|loss|/h ≈ 1e-9, truncation ~h² ≈ 1e-12; gradients are O(1).
+    atol = 1e-7 * max(1.0, float(np.abs(fd).max()))
+    np.testing.assert_allclose(got, fd, rtol=1e-6, atol=atol, err_msg=what)

@@ -25,6 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from lnrs import _lnrs
 from reference import (
+    assert_close_fd,
+    central_differences,
     max_ulp,
     reference_layer_norm,
     reference_layer_norm_backward,
@@ -91,24 +93,6 @@ def _loss(x, ns, w, b, eps, dy):
     return math.fsum((lnrs.layer_norm(x, ns, w, b, eps) * dy).ravel())
 
 
-def _central(f, a, rel=1e-6):
-    """Central differences of scalar f with respect to every element of a."""
-    grad = np.empty(a.shape)
-    for i in range(a.size):
-        h = rel * max(1.0, abs(a.flat[i]))
-        up, down = a.copy(), a.copy()
-        up.flat[i] += h
-        down.flat[i] -= h
-        grad.flat[i] = (f(up) - f(down)) / (up.flat[i] - down.flat[i])
-    return grad
-
-
-def _assert_close_fd(got, fd, what):
-    # FD noise: ~1e-16·|loss|/h ≈ 1e-9, truncation ~h² ≈ 1e-12; gradients are O(1).
-    atol = 1e-7 * max(1.0, float(np.abs(fd).max()))
-    np.testing.assert_allclose(got, fd, rtol=1e-6, atol=atol, err_msg=what)
-
-
 @pytest.mark.parametrize("eps", [1e-5, 0.5])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("shape,ns", FD_SHAPES)
@@ -121,11 +105,11 @@ def test_finite_differences_float64(shape, ns, weighted, eps, rng):
     _, mean, rstd = lnrs.layer_norm_forward(x, ns, w, b, eps)
     dx, dw, db = lnrs.layer_norm_backward(dy, x, mean, rstd, ns, w)
 
-    _assert_close_fd(dx, _central(lambda v: _loss(v, ns, w, b, eps, dy), x), "dx")
+    assert_close_fd(dx, central_differences(lambda v: _loss(v, ns, w, b, eps, dy), x), "dx")
     # Without a weight, dweight is what a weight of ones would get.
     w0 = np.ones(dims) if w is None else w
-    _assert_close_fd(dw, _central(lambda v: _loss(x, ns, v, b, eps, dy), w0), "dweight")
-    _assert_close_fd(db, _central(lambda v: _loss(x, ns, w, v, eps, dy), b), "dbias")
+    assert_close_fd(dw, central_differences(lambda v: _loss(x, ns, v, b, eps, dy), w0), "dweight")
+    assert_close_fd(db, central_differences(lambda v: _loss(x, ns, w, v, eps, dy), b), "dbias")
     # A formula that ignores eps or the weight cannot pass: the gradient is not trivial.
     assert np.abs(dx).max() > 1e-2 and np.abs(dw).max() > 1e-2
 
@@ -137,8 +121,8 @@ def test_finite_differences_one_dimensional_input(rng):
     _, mean, rstd = lnrs.layer_norm_forward(x, 9, w)
     assert mean.shape == () and rstd.shape == ()
     dx, dw, db = lnrs.layer_norm_backward(dy, x, mean, rstd, 9, w)
-    _assert_close_fd(dx, _central(lambda v: _loss(v, 9, w, None, 1e-5, dy), x), "dx")
-    _assert_close_fd(dw, _central(lambda v: _loss(x, 9, v, None, 1e-5, dy), w), "dweight")
+    assert_close_fd(dx, central_differences(lambda v: _loss(v, 9, w, None, 1e-5, dy), x), "dx")
+    assert_close_fd(dw, central_differences(lambda v: _loss(x, 9, v, None, 1e-5, dy), w), "dweight")
     assert same_bits(db, dy)
 
 

@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lnrs import _lnrs
 from reference import (
+    assert_close_fd,
+    central_differences,
     max_ulp,
     reference_rms_norm,
     reference_rms_norm_backward,
@@ -533,24 +535,6 @@ def _loss(x, ns, w, eps, dy):
     return math.fsum((lnrs.rms_norm(x, ns, w, eps) * dy).ravel())
 
 
-def _central(f, a, rel=1e-6):
-    """Central differences of scalar f with respect to every element of a."""
-    grad = np.empty(a.shape)
-    for i in range(a.size):
-        h = rel * max(1.0, abs(a.flat[i]))
-        up, down = a.copy(), a.copy()
-        up.flat[i] += h
-        down.flat[i] -= h
-        grad.flat[i] = (f(up) - f(down)) / (up.flat[i] - down.flat[i])
-    return grad
-
-
-def _assert_close_fd(got, fd, what):
-    # FD noise ~1e-16·|loss|/h ≈ 1e-9, truncation ~h² ≈ 1e-12; gradients are O(1).
-    atol = 1e-7 * max(1.0, float(np.abs(fd).max()))
-    np.testing.assert_allclose(got, fd, rtol=1e-6, atol=atol, err_msg=what)
-
-
 @pytest.mark.parametrize("eps", [None, 0.5])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("shape,ns", FD_SHAPES)
@@ -562,10 +546,10 @@ def test_finite_differences_float64(shape, ns, weighted, eps, rng):
     _, rstd = lnrs.rms_norm_forward(x, ns, w, eps)
     dx, dw = lnrs.rms_norm_backward(dy, x, rstd, ns, w)
     assert dx.shape == x.shape and dw.shape == dims
-    _assert_close_fd(dx, _central(lambda v: _loss(v, ns, w, eps, dy), x), "dx")
+    assert_close_fd(dx, central_differences(lambda v: _loss(v, ns, w, eps, dy), x), "dx")
     # Without a weight, dweight is what a weight of ones gets.
     w0 = np.ones(dims) if w is None else w
-    _assert_close_fd(dw, _central(lambda v: _loss(x, ns, v, eps, dy), w0), "dweight")
+    assert_close_fd(dw, central_differences(lambda v: _loss(x, ns, v, eps, dy), w0), "dweight")
     if dims != (1,) or eps is not None:  # a 1-element row with tiny eps has dx ≈ 0
         assert np.abs(dx).max() > 1e-3
     assert np.abs(dw).max() > 1e-2
@@ -644,7 +628,7 @@ def test_backward_one_dimensional_input(rng):
     _, rstd = lnrs.rms_norm_forward(x, 9, w)
     assert rstd.shape == ()
     dx, dw = lnrs.rms_norm_backward(dy, x, rstd, 9, w)
-    _assert_close_fd(dx, _central(lambda v: _loss(v, 9, w, None, dy), x), "dx")
+    assert_close_fd(dx, central_differences(lambda v: _loss(v, 9, w, None, dy), x), "dx")
     assert_grads_accurate(dy, x, 9, w, None, dx, dw)
 
 
