@@ -50,7 +50,8 @@ from typing import Any, Callable
 import numpy as np
 
 import lnrs
-from lnrs import _lnrs
+from lnrs import _checks, _lnrs
+from lnrs._checks import resolve_dtype
 
 OPS = ("forward_out", "forward", "backward")  # the default set
 ALL_OPS = OPS + (
@@ -62,7 +63,6 @@ ALL_OPS = OPS + (
 )
 PEERS = ("numpy", "onnxruntime", "torch")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
-HALF_DTYPES = ("float16", "bfloat16")
 DEFAULT_SHAPES = ((1, 768), (32, 768), (512, 768), (4096, 1024), (8192, 4096))
 EPS = 1e-5
 
@@ -240,19 +240,6 @@ def measure(fn: Callable[[], Any], quick: bool = False) -> tuple[float, Any]:
 # ---------------------------------------------------------------- the cases
 
 
-def resolve_dtype(name: str) -> np.dtype:
-    """The dtype named ``name``; bfloat16 is ml_dtypes' (ImportError without it)."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
-def is_half(dtype) -> bool:
-    return np.dtype(dtype).name in HALF_DTYPES and np.dtype(dtype).itemsize == 2
-
-
 class _Expected(dict):
     """lnrs's results per op, computed on first use."""
 
@@ -339,7 +326,7 @@ class Case:
         """Arrays for the triad and the ufunc floor, and the factor that scales their
         times to x's bytes: x and y themselves, or for the half types (which the
         triad does not take) float32 arrays of the same bytes, rows kept."""
-        if not is_half(self.dtype):
+        if not _checks.is_half(self.dtype):
             return self.x, self.y, 1.0
         cols = -(-self.cols * self.dtype.itemsize // 4)
         a = np.random.default_rng(2).standard_normal((self.rows, cols), dtype=np.float32)
@@ -409,7 +396,7 @@ def _in_float32(fn, dtype):
 
 
 def numpy_ops(case: Case, threads: int, ops=OPS) -> PeerOps:
-    half = is_half(case.dtype)
+    half = _checks.is_half(case.dtype)
 
     def call(fn, *args):
         return (partial(_in_float32(fn, case.dtype) if half else fn, *args), _same)
@@ -758,7 +745,7 @@ def run_bench(
                     "lnrs_gbps": nbytes / lnrs_s / 1e9,
                     "triad_s": triad_s,
                     "triad_gbps": 2 * case.nbytes / triad_s / 1e9,
-                    "triad_dtype": "float32" if is_half(case.dtype) else dtype,
+                    "triad_dtype": "float32" if _checks.is_half(case.dtype) else dtype,
                     "ufunc_s": ufunc_s,
                     "limit_s": limit_s,
                     "limit_gbps": nbytes / limit_s / 1e9,

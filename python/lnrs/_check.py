@@ -45,6 +45,7 @@ from typing import Callable
 import numpy as np
 
 from . import testing
+from ._checks import resolve_dtype
 
 PEER_NAMES = tuple(testing.PEERS)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -134,15 +135,6 @@ def _cell(value: float, flag: str = "") -> str:
     else:
         text = f"{value:.2g}"
     return text + flag
-
-
-def resolve_dtype(name: str) -> np.dtype:
-    """The dtype named `name`; bfloat16 is ml_dtypes' (ImportError without it)."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def _goal(case: testing.Case, dtype: np.dtype) -> float:

@@ -34,6 +34,15 @@ def is_half(dtype: np.dtype) -> bool:
     return dtype == np.float16 or is_bfloat16(dtype)
 
 
+def resolve_dtype(name: str) -> np.dtype:
+    """The dtype named ``name``; bfloat16 is ml_dtypes' (ImportError without it)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def is_storage(dtype: np.dtype) -> bool:
     """Whether the kernels take `dtype` as it is."""
     return dtype in STAT_DTYPE or is_bfloat16(dtype)
