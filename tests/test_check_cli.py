@@ -594,14 +594,31 @@ def test_lnrs_matches_the_rms_reference_and_compare_takes_rms():
     assert testing.goal_ulp(np.float16) == 1 and testing.goal_ulp(np.float64) == 16
 
 
+def test_unsupported_is_told_from_an_error():
+    """A peer raising NotSupported is "n/a" in the table, any other exception "error"."""
+    case = testing.adversarial_inputs(np.float32, quick=True)["offset_1e3"]
+
+    def lacks(*args):
+        raise testing.NotSupported("no such op here")
+
+    def fails(*args):
+        raise ValueError("bad")
+
+    unsupported = testing.compare(lacks, [case])[case.name]
+    failed = testing.compare(fails, [case])[case.name]
+    assert unsupported.unsupported and unsupported.error.startswith("NotSupported")
+    assert not failed.unsupported and failed.error.startswith("ValueError")
+    assert (_check._peer_cell(unsupported), _check._peer_cell(failed)) == ("n/a", "error")
+
+
 def test_onnxruntime_adapters_on_half_types():
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     case = testing.adversarial_inputs_half(np.float16, quick=True)["offset_1e2"]
     assert testing.compare(testing.onnxruntime_fn, [case])[case.name].max_ulp <= 4
     result = testing.compare(testing.onnxruntime_rms_fn, [case], norm="rms")[case.name]
-    assert result.error is None or result.error.startswith("NotSupported")
+    assert result.error is None or result.unsupported
     bf16 = half_dtype("bfloat16")
     case = testing.adversarial_inputs_half(bf16, quick=True)["offset_1e2"]
     result = testing.compare(testing.onnxruntime_fn, [case])[case.name]
-    assert result.error.startswith("NotSupported")
+    assert result.unsupported and result.error.startswith("NotSupported")

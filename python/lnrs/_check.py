@@ -167,7 +167,7 @@ def _print_table(header: list[str], table: list[list[str]], out) -> None:
 
 def _peer_cell(result: testing.CaseResult) -> str:
     if result.error is not None:
-        return "n/a" if result.error.startswith("NotSupported") else "error"
+        return "n/a" if result.unsupported else "error"
     return _cell(result.max_ulp, "!" if result.nonfinite else "")
 
 
@@ -233,7 +233,7 @@ def _norm_table(
             result = testing.compare(peers[peer], [case], norm="rms" if rms else "layer")[name]
             row.append(_peer_cell(result))
             w, bad, na = peer_worst[peer]
-            unsupported = result.error is not None and result.error.startswith("NotSupported")
+            unsupported = result.unsupported
             peer_worst[peer] = (
                 w if unsupported else max(w, result.max_ulp),
                 bad + ((result.nonfinite or bool(result.error)) and not unsupported),

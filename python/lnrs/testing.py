@@ -1624,13 +1624,15 @@ class CaseResult:
     ``max_ulp``: the largest :func:`ulp_error` of the output (``inf`` when ``fn``
     raised, returned the wrong shape, or put NaN/Inf where the reference has
     none). ``nonfinite``: ``fn`` produced NaN/Inf where the reference is finite.
-    ``error``: the exception ``fn`` raised, as text, or None.
+    ``error``: the exception ``fn`` raised, as text, or None. ``unsupported``: that
+    exception was :class:`NotSupported` (the peer lacks the dtype or operation).
     """
 
     name: str
     max_ulp: float
     nonfinite: bool
     error: str | None = None
+    unsupported: bool = False
 
 
 def compare(fn: Callable, cases=None, dtype=np.float32, *, norm: str = "layer") -> dict:
@@ -1681,7 +1683,8 @@ def _run_case(fn: Callable, case: Case, rms: bool = False) -> CaseResult:
     except ImportError:
         raise
     except Exception as err:  # noqa: BLE001 - recorded, not hidden
-        return CaseResult(case.name, math.inf, False, f"{type(err).__name__}: {err}")
+        text = f"{type(err).__name__}: {err}"
+        return CaseResult(case.name, math.inf, False, text, isinstance(err, NotSupported))
     if y.shape != ref.shape:
         return CaseResult(
             case.name, math.inf, False, f"returned shape {y.shape}, expected {ref.shape}"
