@@ -180,11 +180,7 @@ fn f16_rows<S: Element>(rows: F16Rows<'_, S>, dx: &mut [half::f16], partial: &mu
         f16c::widen(&dy[row], &mut dys);
         let mean = mean.map(|m| m[r].to_f64());
         let rstd = rstd[r].to_f64();
-        if w.is_empty() {
-            backward_row::<F16Odd, false>(&xs, &dys, w, mean, rstd, eps, &mut dxs, dw, db, false);
-        } else {
-            backward_row::<F16Odd, true>(&xs, &dys, w, mean, rstd, eps, &mut dxs, dw, db, false);
-        }
+        backward_row_for(&xs, &dys, w, mean, rstd, eps, &mut dxs, dw, db, false);
         f16c::narrow(&dxs, dx, stream);
     }
 }
@@ -431,35 +427,31 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
         for (r, ((dx, x), dy)) in rows.enumerate() {
             let mean = self.mean.map(|m| m[r].to_f64());
             let rstd = self.rstd[r].to_f64();
-            if self.w.is_empty() {
-                backward_row::<T, false>(
-                    x,
-                    dy,
-                    self.w,
-                    mean,
-                    rstd,
-                    self.eps,
-                    dx,
-                    dw,
-                    db,
-                    self.stream,
-                );
-            } else {
-                backward_row::<T, true>(
-                    x,
-                    dy,
-                    self.w,
-                    mean,
-                    rstd,
-                    self.eps,
-                    dx,
-                    dw,
-                    db,
-                    self.stream,
-                );
-            }
+            backward_row_for(x, dy, self.w, mean, rstd, self.eps, dx, dw, db, self.stream);
         }
         fence(self.stream);
+    }
+}
+
+/// [`backward_row`] with the weight's presence (`W`) read from `w` at run time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_row_for<T: Element>(
+    x: &[T],
+    dy: &[T],
+    w: &[f64],
+    mean: Option<f64>,
+    rstd: f64,
+    eps: Option<f64>,
+    dx: &mut [T],
+    dw: &mut [f64],
+    db: &mut [f64],
+    stream: bool,
+) {
+    if w.is_empty() {
+        backward_row::<T, false>(x, dy, w, mean, rstd, eps, dx, dw, db, stream);
+    } else {
+        backward_row::<T, true>(x, dy, w, mean, rstd, eps, dx, dw, db, stream);
     }
 }
 
