@@ -167,6 +167,12 @@ def _format_any(dtype) -> tuple[int, int, int]:
     return _format(dt)
 
 
+def _largest(p: int, emax: int) -> float:
+    """The largest finite value of a binary format with p significand bits and largest
+    exponent emax."""
+    return (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+
+
 def _stat_dtype(dtype) -> np.dtype:
     """The dtype of mean/rstd (and of the exact reading of x) for input `dtype`."""
     dt = np.dtype(dtype)
@@ -258,7 +264,7 @@ def _round_float64(q: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
     k = np.rint(r)
     tie = np.abs(r - np.trunc(r)) == 0.5
     y = np.ldexp(k, scale)
-    top = (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+    top = _largest(p, emax)
     y = np.where(np.abs(y) > top, np.copysign(np.inf, qf), y)
     y = np.where(finite, y, q)
     return y.astype(dtype), tie & finite
@@ -271,7 +277,7 @@ def _round_quotients_half(q: np.ndarray, num, den, dtype) -> np.ndarray:
     rounding of the exact quotient) is redone exactly."""
     y, tie = _round_float64(q, dtype)
     p, _, emax = _format_any(dtype)
-    redo = tie | (np.abs(q) >= (2.0 - 2.0 ** (1 - p)) * 2.0**emax)
+    redo = tie | (np.abs(q) >= _largest(p, emax))
     for i in zip(*np.nonzero(redo)):
         y[i] = _round_ratio(int(num[i]), int(den[i]), dtype)
     return y
@@ -933,7 +939,7 @@ def _ulp_error_bfloat16(y, ref, per_row, floor):
     """:func:`ulp_error` for ml_dtypes' bfloat16, which NumPy's finfo and spacing
     do not know: the spacing is computed from the format (8 significand bits)."""
     p, emin, emax = _HALF_FORMATS["bfloat16"]
-    top = (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+    top = _largest(p, emax)
     with np.errstate(all="ignore"):
         yw, rw = y.astype(np.float64), ref.astype(np.float64)
         finite = np.isfinite(yw) & np.isfinite(rw)
@@ -1138,7 +1144,7 @@ def adversarial_inputs(dtype=np.float32, seed: int = 0, *, quick: bool = False) 
         raise TypeError(f"dtype must be float32, float64, float16 or bfloat16, got {dt}")
     m = _magnitudes(dt)
     p, emin, emax = _format_any(dt)
-    top = (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+    top = _largest(p, emax)
     params = np.dtype(np.float32) if half else dt  # the dtype of weight and bias
     rng = np.random.default_rng(seed)
     rows, cols = (8, 256) if quick else (32, 1024)
@@ -1316,7 +1322,7 @@ def _add_half_cases(add, normal, rng, dt: np.dtype, rows: int, cols: int) -> Non
     """The cases only the half types have: subnormal inputs and outputs, outputs that
     overflow, float32 parameters with bits the half type lacks."""
     p, emin, emax = _format_any(dt)
-    top = (2.0 - 2.0 ** (1 - p)) * 2.0**emax
+    top = _largest(p, emax)
     sub = 2.0 ** (emin - 3)
     add(
         "subnormal_inputs",
