@@ -179,6 +179,7 @@ class FakeTensor:
 
     def __init__(self, array, inputs=None):
         self.array, self.inputs = array, inputs
+        self.dtype = array.dtype
 
     def requires_grad_(self, flag=True):
         return self

@@ -52,6 +52,7 @@ import numpy as np
 import lnrs
 from lnrs import _checks, _lnrs
 from lnrs._checks import resolve_dtype
+from lnrs._torch_views import numpy_view, tensor_view
 
 OPS = ("forward_out", "forward", "backward")  # the default set
 ALL_OPS = OPS + (
@@ -535,22 +536,6 @@ def onnxruntime_ops(case: Case, threads: int, ops=OPS) -> PeerOps:
     return result
 
 
-def _torch_tensor(torch, a):
-    """A CPU tensor on ``a``'s memory; bfloat16 (ml_dtypes) through its bits."""
-    if a.dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
-
-
-def _torch_numpy(t, dtype):
-    t = t.detach()
-    if dtype.name == "bfloat16":
-        import torch
-
-        return t.contiguous().view(torch.int16).numpy().view(dtype)
-    return t.numpy()
-
-
 def torch_ops(case: Case, threads: int, ops=OPS) -> PeerOps:
     import torch
 
@@ -558,13 +543,13 @@ def torch_ops(case: Case, threads: int, ops=OPS) -> PeerOps:
     functional = torch.nn.functional
     layer_norm = functional.layer_norm
     rms_norm = getattr(functional, "rms_norm", None)
-    dt, cols = case.dtype, case.cols
+    cols = case.cols
 
     def t(a):
-        return _torch_tensor(torch, a)
+        return tensor_view(torch, a)
 
     def fetch(r):
-        return tuple(_torch_numpy(a, dt) for a in _same(r))
+        return tuple(numpy_view(a) for a in _same(r))
 
     def grads(fn, arrays, params):
         """Backward alone: the graph of one forward pass, kept for repeated gradients."""

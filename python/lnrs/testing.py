@@ -82,6 +82,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _checks, _rms_norm
+from ._torch_views import numpy_view, tensor_view
 
 __all__ = [
     "Case",
@@ -1409,21 +1410,12 @@ def torch_fn(x, normalized_shape, weight, bias, eps):
         y = torch.nn.functional.layer_norm(
             t(x), tuple(_as_dims(normalized_shape)), t(weight), t(bias), eps
         )
-    return _from_torch(torch, y, x.dtype)
+    return numpy_view(y)
 
 
 def _to_torch(torch, a, dtype):
-    """`a` in `dtype` as a CPU tensor; bfloat16 (ml_dtypes) through its bits."""
-    a = np.ascontiguousarray(np.asarray(a).astype(dtype, copy=False))
-    if _is_bfloat16(a.dtype):
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
-
-
-def _from_torch(torch, t, dtype):
-    if _is_bfloat16(dtype):
-        return t.contiguous().view(torch.int16).numpy().view(dtype)
-    return t.numpy()
+    """`a` in `dtype` as a CPU tensor."""
+    return tensor_view(torch, np.ascontiguousarray(np.asarray(a).astype(dtype, copy=False)))
 
 
 _ORT_SESSIONS: dict = {}
@@ -1533,7 +1525,7 @@ def torch_rms_fn(x, normalized_shape, weight, eps):
             None if weight is None else _to_torch(torch, weight, x.dtype),
             eps,
         )
-    return _from_torch(torch, y, x.dtype)
+    return numpy_view(y)
 
 
 def onnxruntime_rms_fn(x, normalized_shape, weight, eps):

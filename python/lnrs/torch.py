@@ -16,26 +16,11 @@ import numpy as np
 import torch
 
 from . import _functional, _rms_norm
+from ._torch_views import numpy_view, tensor_view
 
 __all__ = ["LayerNorm", "RMSNorm", "layer_norm", "rms_norm"]
 
 _DIRECT = (torch.float16, torch.float32, torch.float64)
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (bfloat16 through ml_dtypes), no copy."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes  # noqa: PLC0415 - only bfloat16 needs it
-
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-
-def _to_torch(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    if dtype == torch.bfloat16:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
 
 
 def _supported(x: torch.Tensor, *params) -> bool:
@@ -58,7 +43,7 @@ def _bf16_ok(dtype) -> bool:
 
 
 def _param(p):
-    return None if p is None else _to_numpy(p)
+    return None if p is None else numpy_view(p)
 
 
 def _grad(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -69,29 +54,29 @@ def _grad(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape, eps):
-        xn = _to_numpy(x.contiguous())
+        xn = numpy_view(x.contiguous())
         y, mean, rstd = _functional.layer_norm_forward(
             xn, normalized_shape, _param(weight), _param(bias), eps
         )
         ctx.save_for_backward(x, weight, bias)
         ctx.stats = (mean, rstd, eps)
         ctx.normalized_shape = normalized_shape
-        return _to_torch(y, x.dtype)
+        return tensor_view(torch, y)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
         mean, rstd, eps = ctx.stats
         dx, dw, db = _functional.layer_norm_backward(
-            _to_numpy(dy.contiguous().to(x.dtype)),
-            _to_numpy(x.contiguous()),
+            numpy_view(dy.contiguous().to(x.dtype)),
+            numpy_view(x.contiguous()),
             mean,
             rstd,
             ctx.normalized_shape,
             _param(weight),
             eps=eps,
         )
-        gx = _to_torch(dx, x.dtype) if ctx.needs_input_grad[0] else None
+        gx = tensor_view(torch, dx) if ctx.needs_input_grad[0] else None
         gw = _grad(dw, weight) if weight is not None and ctx.needs_input_grad[1] else None
         gb = _grad(db, bias) if bias is not None and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None
@@ -100,26 +85,26 @@ class _LayerNorm(torch.autograd.Function):
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, normalized_shape, eps):
-        xn = _to_numpy(x.contiguous())
+        xn = numpy_view(x.contiguous())
         y, rstd = _rms_norm.rms_norm_forward(xn, normalized_shape, _param(weight), eps)
         ctx.save_for_backward(x, weight)
         ctx.rstd = rstd
         ctx.eps = eps
         ctx.normalized_shape = normalized_shape
-        return _to_torch(y, x.dtype)
+        return tensor_view(torch, y)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
         dx, dw = _rms_norm.rms_norm_backward(
-            _to_numpy(dy.contiguous().to(x.dtype)),
-            _to_numpy(x.contiguous()),
+            numpy_view(dy.contiguous().to(x.dtype)),
+            numpy_view(x.contiguous()),
             ctx.rstd,
             ctx.normalized_shape,
             _param(weight),
             eps=ctx.eps,
         )
-        gx = _to_torch(dx, x.dtype) if ctx.needs_input_grad[0] else None
+        gx = tensor_view(torch, dx) if ctx.needs_input_grad[0] else None
         gw = _grad(dw, weight) if weight is not None and ctx.needs_input_grad[1] else None
         return gx, gw, None, None
 
