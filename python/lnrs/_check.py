@@ -206,8 +206,7 @@ def _norm_table(
                 raise ValueError(f"y has dtype {y.dtype}, expected {ref_y.dtype}")
             if len(stats) != len(ref_stats):
                 raise ValueError(f"returned {len(result)} arrays, expected {1 + len(ref_stats)}")
-            err = testing.ulp_error(y, ref_y, floor=testing.case_floor(case))
-            nonfinite = bool((~_isfinite(y) & _isfinite(ref_y)).any())
+            err, nonfinite = testing._measure(y, ref_y, case)
             stats_err = max(_stats_error(g, r) for g, r in zip(stats, ref_stats))
             failure = None
         except Exception as exc:  # noqa: BLE001 - a crash is a miss, reported
@@ -274,11 +273,6 @@ def _norm_table(
         if fn is None:
             print(f"  {name}: absent (pip install {INSTALL.get(name, name)})", file=out)
     return misses
-
-
-def _isfinite(a: np.ndarray) -> np.ndarray:
-    """np.isfinite for any float dtype, ml_dtypes' bfloat16 included."""
-    return np.isfinite(a.astype(np.float64)) if a.dtype.kind != "f" else np.isfinite(a)
 
 
 def check_dtype(

@@ -1689,11 +1689,17 @@ def _run_case(fn: Callable, case: Case, rms: bool = False) -> CaseResult:
         )
     if y.dtype.kind != "f" and not _is_bfloat16(y.dtype):
         y = y.astype(ref.dtype)
+    return CaseResult(case.name, *_measure(y, ref, case))
+
+
+def _measure(y: np.ndarray, ref: np.ndarray, case: Case) -> tuple[float, bool]:
+    """(the largest ulp error of ``y``, whether it has NaN/Inf where ``ref`` is finite),
+    with the case's floor (:func:`case_floor`)."""
     with np.errstate(invalid="ignore"):
         nonfinite = bool(
             (~np.isfinite(y.astype(np.float64)) & np.isfinite(ref.astype(np.float64))).any()
         )
-    return CaseResult(case.name, ulp_error(y, ref, floor=case_floor(case)), nonfinite)
+    return ulp_error(y, ref, floor=case_floor(case)), nonfinite
 
 
 def case_floor(case: Case) -> float:
