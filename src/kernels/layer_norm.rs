@@ -30,14 +30,16 @@ impl<'a, T> Input<'a, T> {
         }
     }
 
-    /// A separate float16 input as such; None in place (or not float16).
-    fn as_f16(self) -> Option<&'a [half::f16]>
+    /// The same input as float16, for the F16C path (taken only when `T` is float16).
+    fn to_f16(self) -> Input<'a, half::f16>
     where
         T: Element,
     {
         match self {
-            Input::Separate(x) => T::as_f16_slice(x),
-            Input::InPlace => None,
+            Input::Separate(x) => {
+                Input::Separate(T::as_f16_slice(x).expect("the F16C path runs on float16"))
+            }
+            Input::InPlace => Input::InPlace,
         }
     }
 
@@ -380,8 +382,8 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
             if let Some(y) = T::as_f16_slice_mut(&mut *self.y) {
                 let rows = F16Rows {
                     norm: self.norm,
-                    x: self.x.as_f16(),
-                    residual: self.residual.map(Input::as_f16),
+                    x: self.x.to_f16(),
+                    residual: self.residual.map(Input::to_f16),
                     cols: self.cols,
                     w: self.w,
                     b: self.b,
@@ -436,12 +438,12 @@ impl<T: Element> Kernel for RowBlock<'_, T> {
     }
 }
 
-/// A block of float16 rows for [`f16_rows`]: `x` None means in place (y holds
-/// it); `residual` Some(None) means the sum output holds the residual.
+/// A block of float16 rows for [`f16_rows`]: `x` in place means y holds it;
+/// `residual` in place means the sum output holds it.
 struct F16Rows<'a> {
     norm: Norm,
-    x: Option<&'a [half::f16]>,
-    residual: Option<Option<&'a [half::f16]>>,
+    x: Input<'a, half::f16>,
+    residual: Option<Input<'a, half::f16>>,
     cols: usize,
     w: &'a [f64],
     b: &'a [f64],
@@ -477,10 +479,9 @@ fn f16_rows<S: Element>(
     let (mut xs, mut ys) = (vec![F16Odd::ZERO; cols], vec![F16Odd::ZERO; cols]);
     let mut sums = sum.map(|s| s.chunks_exact_mut(cols));
     for (r, y) in y.chunks_exact_mut(cols).enumerate() {
-        let row = r * cols..(r + 1) * cols;
-        f16c::widen(x.map_or(&*y, |x| &x[row.clone()]), &mut xs);
+        f16c::widen(x.row(cols, r).unwrap_or(y), &mut xs);
         if let (Some(residual), Some(s)) = (residual, sums.as_mut().and_then(|s| s.next())) {
-            f16c::widen(residual.map_or(&*s, |rs| &rs[row]), &mut ys);
+            f16c::widen(residual.row(cols, r).unwrap_or(s), &mut ys);
             add_residual(&xs, None, &mut ys);
             f16c::narrow(&ys, s, stream);
             f16c::widen(s, &mut xs);
