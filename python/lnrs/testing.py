@@ -1429,7 +1429,7 @@ def onnxruntime_fn(x, normalized_shape, weight, bias, eps):
     try:
         import onnx
         import onnxruntime as ort
-        from onnx import TensorProto, helper
+        from onnx import helper
     except ImportError as err:
         raise ImportError(
             "onnxruntime_fn needs onnx and onnxruntime: pip install onnx onnxruntime"
@@ -1440,30 +1440,7 @@ def onnxruntime_fn(x, normalized_shape, weight, bias, eps):
     key = (x.dtype.str, x.ndim, dims, bias is not None, float(eps))
     session = _ORT_SESSIONS.get(key)
     if session is None:
-        elem = _ORT_ELEM[x.dtype.name]
-        inputs = [
-            helper.make_tensor_value_info("x", elem, [None] * x.ndim),
-            helper.make_tensor_value_info("w", elem, list(dims)),
-        ]
-        names = ["x", "w"]
-        if bias is not None:
-            inputs.append(helper.make_tensor_value_info("b", elem, list(dims)))
-            names.append("b")
-        node = helper.make_node(
-            "LayerNormalization",
-            names,
-            ["y"],
-            axis=x.ndim - len(dims),
-            epsilon=float(eps),
-            stash_type=TensorProto.FLOAT if x.dtype == np.float16 else elem,
-        )
-        graph = helper.make_graph(
-            [node],
-            "layer_norm",
-            inputs,
-            [helper.make_tensor_value_info("y", elem, [None] * x.ndim)],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model = _ort_model(helper, "LayerNormalization", 17, x, dims, eps, bias is not None)
         model.ir_version = min(model.ir_version, 8)
         onnx.checker.check_model(model)
         session = ort.InferenceSession(
@@ -1474,6 +1451,27 @@ def onnxruntime_fn(x, normalized_shape, weight, bias, eps):
     if bias is not None:
         feeds["b"] = np.asarray(bias, x.dtype)
     return session.run(None, feeds)[0]
+
+
+def _ort_model(helper, op: str, opset: int, x: np.ndarray, dims, eps, bias: bool):
+    """A one-node ONNX model: ``op`` (LayerNormalization or RMSNormalization) at ``opset``
+    over the trailing ``dims`` of an input of x's dtype and rank, with a weight (and a
+    bias); computed in float32 for float16, else in x's dtype (``stash_type``)."""
+    elem = _ORT_ELEM[x.dtype.name]
+    names = ["x", "w", "b"] if bias else ["x", "w"]
+    inputs = [helper.make_tensor_value_info("x", elem, [None] * x.ndim)]
+    inputs += [helper.make_tensor_value_info(n, elem, list(dims)) for n in names[1:]]
+    node = helper.make_node(
+        op,
+        names,
+        ["y"],
+        axis=x.ndim - len(dims),
+        epsilon=float(eps),
+        stash_type=_ORT_ELEM["float32"] if x.dtype == np.float16 else elem,
+    )
+    output = helper.make_tensor_value_info("y", elem, [None] * x.ndim)
+    graph = helper.make_graph([node], op, inputs, [output])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 class NotSupported(TypeError):
@@ -1546,25 +1544,7 @@ def onnxruntime_rms_fn(x, normalized_shape, weight, eps):
     key = ("rms", x.dtype.str, x.ndim, dims, float(eps))
     session = _ORT_SESSIONS.get(key)
     if session is None:
-        elem = _ORT_ELEM[x.dtype.name]
-        node = helper.make_node(
-            "RMSNormalization",
-            ["x", "w"],
-            ["y"],
-            axis=x.ndim - len(dims),
-            epsilon=float(eps),
-            stash_type=1 if x.dtype == np.float16 else elem,
-        )
-        graph = helper.make_graph(
-            [node],
-            "rms_norm",
-            [
-                helper.make_tensor_value_info("x", elem, [None] * x.ndim),
-                helper.make_tensor_value_info("w", elem, list(dims)),
-            ],
-            [helper.make_tensor_value_info("y", elem, [None] * x.ndim)],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+        model = _ort_model(helper, "RMSNormalization", 23, x, dims, eps, bias=False)
         try:
             session = ort.InferenceSession(
                 model.SerializeToString(), providers=["CPUExecutionProvider"]
