@@ -82,6 +82,12 @@ class ndarray:
     device = property(lambda self: Device(0))
     T = property(lambda self: ndarray(self._a.T))
 
+    def __dlpack__(self, **kwargs):  # "device" memory is host memory: DLPack's CPU device
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
     def __array__(self, *args, **kwargs):
         raise TypeError("Implicit conversion to a NumPy array is not allowed (cupy stand-in)")
 
