@@ -54,17 +54,19 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=No
     -------
     y, s : ndarray
     """
-    eps = _eps(x, eps)
     result = _lnrs.add_norm_forward(
-        True, x, residual, normalized_shape, weight, None, eps, out, sum_out
+        True, x, residual, normalized_shape, weight, None, _eps(x, eps), out, sum_out
     )
     if result is None:
         cuda = _checks.cuda_backend(x)
         if cuda is not None:
             return cuda.add_rms_norm(
-                x, residual, normalized_shape, weight, eps, out=out, sum_out=sum_out
+                x, residual, normalized_shape, weight, _eps(x, eps), out=out, sum_out=sum_out
             )
-        result = _add_checked(True, x, residual, normalized_shape, weight, None, eps, out, sum_out)
+        x = _checks.float_array(x, "x")  # once, and the default eps from its dtype
+        result = _add_checked(
+            True, x, residual, normalized_shape, weight, None, _eps(x, eps), out, sum_out
+        )
     return result
 
 

@@ -8,22 +8,18 @@ from . import _checks, _lnrs
 from ._functional import backward_checked, forward_checked
 
 # torch.nn.functional.rms_norm's default eps: the machine epsilon of x's dtype.
-_DEFAULT_EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}
+_DEFAULT_EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float16, np.float32, np.float64)}
 
 
 def _eps(x, eps):
-    """`eps`, or the default for `x`'s dtype; None when `x` has no float dtype
-    (the argument checks then report `x`)."""
+    """`eps`, or the default for `x`'s NumPy dtype; None when `x` has none of the
+    float dtypes (not yet an array: the checked path reads it, then asks again; or
+    not a float one: the argument checks then report `x`)."""
     if eps is not None:
         return eps
     dtype = getattr(x, "dtype", None)
     if dtype in _DEFAULT_EPS:
         return _DEFAULT_EPS[dtype]
-    if not isinstance(dtype, np.dtype):
-        try:
-            dtype = _checks.float_array(x, "x").dtype
-        except TypeError:
-            return None
     if isinstance(dtype, np.dtype) and dtype.kind == "f":
         return float(np.finfo(dtype).eps)
     if isinstance(dtype, np.dtype) and _checks.is_bfloat16(dtype):
@@ -61,13 +57,13 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     a power-of-two rescale where squares would overflow or underflow), and
     ``1/sqrt`` is refined by a Newton step, so ``rstd`` is within about an ulp.
     """
-    eps = _eps(x, eps)
-    y = _lnrs.rms_norm_forward(x, normalized_shape, weight, eps, out, False)
+    y = _lnrs.rms_norm_forward(x, normalized_shape, weight, _eps(x, eps), out, False)
     if y is None:
         cuda = _checks.cuda_backend(x)
         if cuda is not None:
-            return cuda.rms_norm(x, normalized_shape, weight, eps, out=out)
-        y = forward_checked(_native, x, normalized_shape, weight, None, eps, out, False)
+            return cuda.rms_norm(x, normalized_shape, weight, _eps(x, eps), out=out)
+        x = _checks.float_array(x, "x")  # once, and the default eps from its dtype
+        y = forward_checked(_native, x, normalized_shape, weight, None, _eps(x, eps), out, False)
     return y
 
 
@@ -80,13 +76,15 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None, *, out=None):
     -------
     y, rstd : ndarray
     """
-    eps = _eps(x, eps)
-    result = _lnrs.rms_norm_forward(x, normalized_shape, weight, eps, out, True)
+    result = _lnrs.rms_norm_forward(x, normalized_shape, weight, _eps(x, eps), out, True)
     if result is None:
         cuda = _checks.cuda_backend(x)
         if cuda is not None:
-            return cuda.rms_norm_forward(x, normalized_shape, weight, eps, out=out)
-        result = forward_checked(_native, x, normalized_shape, weight, None, eps, out, True)
+            return cuda.rms_norm_forward(x, normalized_shape, weight, _eps(x, eps), out=out)
+        x = _checks.float_array(x, "x")  # once, and the default eps from its dtype
+        result = forward_checked(
+            _native, x, normalized_shape, weight, None, _eps(x, eps), out, True
+        )
     return result
 
 
