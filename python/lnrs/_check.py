@@ -46,6 +46,10 @@ import numpy as np
 
 from . import testing
 from ._checks import resolve_dtype
+from ._functional import layer_norm_forward as _lnrs_forward
+from ._fused import add_layer_norm as _lnrs_add_layer_norm
+from ._fused import add_rms_norm as _lnrs_add_rms_norm
+from ._rms_norm import rms_norm_forward as _lnrs_rms_forward
 
 PEER_NAMES = tuple(testing.PEERS)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -93,30 +97,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="only cases whose name contains TEXT (repeatable)",
     )
-
-
-def _lnrs_forward(x, normalized_shape, weight, bias, eps):
-    import lnrs
-
-    return lnrs.layer_norm_forward(x, normalized_shape, weight, bias, eps)
-
-
-def _lnrs_rms_forward(x, normalized_shape, weight, eps):
-    import lnrs
-
-    return lnrs.rms_norm_forward(x, normalized_shape, weight, eps)
-
-
-def _lnrs_add_layer_norm(x, residual, normalized_shape, weight, bias, eps, **outputs):
-    import lnrs
-
-    return lnrs.add_layer_norm(x, residual, normalized_shape, weight, bias, eps, **outputs)
-
-
-def _lnrs_add_rms_norm(x, residual, normalized_shape, weight, eps, **outputs):
-    import lnrs
-
-    return lnrs.add_rms_norm(x, residual, normalized_shape, weight, eps, **outputs)
 
 
 def _cell(value: float, flag: str = "") -> str:
